@@ -1,0 +1,1 @@
+"""captioner: Show, Attend and Tell image captioning (Xu et al., 2015)."""
