@@ -1,0 +1,149 @@
+"""The attention LSTM decoder of Show, Attend and Tell (Xu et al. 2015, section 3).
+
+Owns the soft (additive) attention, the LSTM step, the gating scalar beta, the deep output
+layer, the teacher-forced forward pass and the training loss with the doubly stochastic
+regulariser. Search (greedy / beam) lives in search.py and only calls `prepare`, `init_state`
+and `step`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .text import PAD_ID
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int  # size of the Vocab, specials included
+    feature_dim: int  # C, channels of each annotation vector
+    grid: tuple[int, int] = (14, 14)  # (h, w) of the annotation grid, N = h * w
+    embed_dim: int = 256  # word embedding size m (also the deep-output size)
+    attention_dim: int = 256  # hidden size of the attention MLP
+    hidden_dim: int = 512  # LSTM size n
+    dropout: float = 0.5  # on h_t before the deep output layer
+    gate: str = "scalar"  # beta = sigmoid(f_beta(h)): "scalar" as in the paper, "channel" (per-channel), "none"
+    pos_embed: bool = True  # learned row + column embedding added to the annotation vectors (not in the paper)
+
+    def __post_init__(self) -> None:
+        self.grid = tuple(int(g) for g in self.grid)
+        if self.gate not in ("scalar", "channel", "none"):
+            raise ValueError(f"gate must be 'scalar', 'channel' or 'none', not {self.gate!r}")
+
+
+class SoftAttention(nn.Module):
+    """e_ti = w^T tanh(W_a a_i + W_h h_{t-1});  alpha_t = softmax_i(e_ti)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+        super().__init__()
+        self.feat_proj = nn.Linear(feature_dim, attention_dim)
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+
+    def forward(self, feats: torch.Tensor, feat_proj: torch.Tensor, h: torch.Tensor):
+        # feats (B, N, C); feat_proj (B, N, A) precomputed once per image; h (B, n)
+        e = self.score(torch.tanh(feat_proj + self.hidden_proj(h).unsqueeze(1))).squeeze(2)  # (B, N)
+        alpha = e.softmax(dim=1)  # (B, N)
+        context = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, C)
+        return context, alpha
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, n, m = cfg.feature_dim, cfg.hidden_dim, cfg.embed_dim
+        if cfg.pos_embed:
+            self.row_embed = nn.Parameter(torch.zeros(cfg.grid[0], C))
+            self.col_embed = nn.Parameter(torch.zeros(cfg.grid[1], C))
+            nn.init.normal_(self.row_embed, std=0.02)
+            nn.init.normal_(self.col_embed, std=0.02)
+        self.embed = nn.Embedding(cfg.vocab_size, m)
+        self.attention = SoftAttention(C, n, cfg.attention_dim)
+        # Paper: c0, h0 are predicted from the mean annotation vector by two separate MLPs.
+        self.init_h = nn.Linear(C, n)
+        self.init_c = nn.Linear(C, n)
+        if cfg.gate != "none":
+            self.f_beta = nn.Linear(n, 1 if cfg.gate == "scalar" else C)
+        self.lstm = nn.LSTMCell(m + C, n)
+        self.dropout = nn.Dropout(cfg.dropout)
+        # Deep output: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))  (eq. 7)
+        self.L_h = nn.Linear(n, m)
+        self.L_z = nn.Linear(C, m)
+        self.L_o = nn.Linear(m, cfg.vocab_size)
+
+    # --- the stages search.py calls -------------------------------------------------------
+    def prepare(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image work done once: add positions, project for attention. (B,N,C) -> feats, (B,N,A)."""
+        if self.cfg.pos_embed:
+            h, w = self.cfg.grid
+            if feats.shape[1] != h * w:
+                raise ValueError(f"features have {feats.shape[1]} cells, decoder expects {h}x{w}")
+            pos = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).reshape(h * w, -1)  # (N, C)
+            feats = feats + pos
+        return feats, self.attention.feat_proj(feats)
+
+    def init_state(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = feats.mean(dim=1)  # (B, C)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+
+    def step(self, prev_tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+             feats: torch.Tensor, feat_proj: torch.Tensor):
+        """One word. prev_tokens (B,) -> logits (B, V), h, c (B, n), alpha (B, N)."""
+        emb = self.embed(prev_tokens)  # (B, m)
+        context, alpha = self.attention(feats, feat_proj, h)  # attention uses h_{t-1}
+        if self.cfg.gate != "none":
+            context = torch.sigmoid(self.f_beta(h)) * context  # z_t = beta * sum_i alpha_ti a_i
+        h, c = self.lstm(torch.cat([emb, context], dim=1), (h, c))
+        # tanh on the sum as in the authors' reference code (arctic-captions); dropout on h_t and on the sum.
+        logits = self.L_o(self.dropout(torch.tanh(emb + self.L_h(self.dropout(h)) + self.L_z(context))))
+        return logits, h, c, alpha
+
+    # --- teacher forcing ----------------------------------------------------------------
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor):
+        """feats (B, N, C); tokens (B, T) = <start> w1 .. <end> <pad>.. -> logits (B, T-1, V), alphas (B, T-1, N).
+
+        The whole batch runs every step (padding is masked in the loss), so nothing is sorted and
+        outputs stay in the caller's order.
+        """
+        feats, proj = self.prepare(feats)
+        h, c = self.init_state(feats)
+        logits, alphas = [], []
+        for t in range(tokens.shape[1] - 1):
+            lt, h, c, at = self.step(tokens[:, t], h, c, feats, proj)
+            logits.append(lt)
+            alphas.append(at)
+        return torch.stack(logits, 1), torch.stack(alphas, 1)
+
+
+def attention_regularizer(alphas: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Doubly stochastic term sum_i (1 - sum_t alpha_ti)^2 (eq. 14), averaged over the batch.
+
+    alphas (B, T, N); mask (B, T) marks real (non-padding) steps. `reduction="sum"` is the paper's
+    sum over the N locations; "mean" divides it by N (the same as lambda / N), which on a
+    14x14 grid keeps the term from drowning the word loss and gave far better grounding.
+    """
+    total = (alphas * mask.unsqueeze(2)).sum(dim=1)  # (B, N)
+    per_loc = (1.0 - total) ** 2
+    if reduction == "mean":
+        return per_loc.mean(dim=1).mean()
+    if reduction == "sum":
+        return per_loc.sum(dim=1).mean()
+    raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+
+
+def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, tokens: torch.Tensor,
+                 att_lambda: float = 1.0, att_reduction: str = "mean"):
+    """Masked cross-entropy over the real words (+ <end>) plus the attention regulariser.
+
+    Returns (total, cross_entropy, regulariser) as tensors.
+    """
+    targets = tokens[:, 1:]  # (B, T-1)
+    mask = targets != PAD_ID
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                         ignore_index=PAD_ID)
+    reg = attention_regularizer(alphas.float(), mask.float(), att_reduction) if att_lambda else ce.new_zeros(())
+    return ce + att_lambda * reg, ce, reg

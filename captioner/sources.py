@@ -1,0 +1,76 @@
+"""Where the records come from: the shapes world, a Karpathy split file, or COCO caption files.
+
+Every source yields the same thing: named splits of `ImageRecord`s, a name that keys the
+feature cache, and (for the shapes world only) the objects with their boxes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .datasets import ImageRecord, read_coco_captions, read_karpathy
+
+
+@dataclass
+class DataSource:
+    name: str  # keys the feature cache: different data must never share a name
+    splits: dict[str, list[ImageRecord]]
+    objects: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # split -> image_id -> objects (shapes)
+    image_sizes: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # split -> id -> (W, H)
+    kind: str = "custom"
+
+    def split(self, name: str) -> list[ImageRecord]:
+        if name not in self.splits:
+            raise KeyError(f"split '{name}' not in {self.name}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+
+def _path_tag(*paths: str | os.PathLike) -> str:
+    return hashlib.sha1("|".join(os.path.abspath(p) for p in paths).encode()).hexdigest()[:8]
+
+
+def shapes_source(root: str | os.PathLike = "data/shapes", seed: int = 0, generate: bool = True,
+                  sizes: dict[str, int] | None = None) -> DataSource:
+    """The embedded shapes world, generated on first use; read through the Karpathy reader."""
+    from . import shapes
+
+    root = Path(root)
+    exists = (root / "world.json").is_file()
+    if generate and (not exists or sizes is not None):
+        # An existing world is used as it is unless other sizes are asked for explicitly.
+        shapes.ensure_world(root, seed=seed, **({} if sizes is None else {"sizes": sizes}))
+    elif not exists:
+        raise FileNotFoundError(f"no shapes world at {root}: run python -m captioner.shapes --out {root}")
+    world = shapes.load_world(root)
+    splits = read_karpathy(root / "dataset_shapes.json", root / "images")
+    objects, sizes_ = {}, {}
+    for s in splits:
+        inst = root / "annotations" / f"instances_{s}.json"
+        objects[s] = shapes.load_objects(inst)
+        sizes_[s] = _image_sizes(inst)
+    return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}", splits, objects, sizes_, kind="shapes")
+
+
+def _image_sizes(coco_json: Path) -> dict[int, tuple[int, int]]:
+    with open(coco_json) as f:
+        return {im["id"]: (im["width"], im["height"]) for im in json.load(f)["images"]}
+
+
+def karpathy_source(split_file: str | os.PathLike, image_root: str | os.PathLike,
+                    merge_restval: bool = True) -> DataSource:
+    splits = read_karpathy(split_file, image_root, merge_restval=merge_restval)
+    return DataSource(f"{Path(split_file).stem}-{_path_tag(split_file, image_root)}", splits, kind="karpathy")
+
+
+def coco_source(captions: dict[str, str | os.PathLike], images: dict[str, str | os.PathLike]) -> DataSource:
+    """captions / images: split -> annotation file / image folder (e.g. train -> captions_train2014.json)."""
+    splits = {}
+    for split, ann in captions.items():
+        if split not in images:
+            raise ValueError(f"no image folder given for split '{split}' (use --images {split}=DIR)")
+        splits[split] = read_coco_captions(ann, images[split], split)
+    tag = _path_tag(*[str(captions[s]) for s in sorted(captions)], *[str(images[s]) for s in sorted(images)])
+    return DataSource(f"coco-{tag}", splits, kind="coco")

@@ -1,0 +1,344 @@
+"""Tests for captioner.metrics: COCO caption scores (real pycocoevalcap scorers) and the
+shapes-world metrics (scene accuracy, box coverage, attention grounding)."""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from captioner import metrics as M
+
+JAVA = M.java_available()
+needs_java = pytest.mark.skipif(not JAVA, reason="java not installed")
+
+# Several images with distinct references: CIDEr's idf is computed over the corpus, so a
+# one-image corpus would score 0 whatever the caption.
+REFS = {
+    1: ["a red circle on the left of a blue square",
+        "a blue square to the right of a red circle",
+        "a red circle and a blue square"],
+    2: ["two green triangles above a yellow star",
+        "a yellow star below two green triangles"],
+    3: ["a man riding a horse on the beach",
+        "a person rides a brown horse along the sea shore"],
+    4: ["a plate of food with broccoli and rice",
+        "broccoli and rice on a white plate"],
+}
+GOOD = {i: refs[0] for i, refs in REFS.items()}  # every prediction equals one of its references
+
+
+@pytest.fixture(scope="module")
+def good_scores():
+    # Computed once: it starts METEOR's JVM (several seconds), which later calls reuse.
+    return M.coco_caption_scores(GOOD, REFS)
+
+
+# ---------------------------------------------------------------- COCO caption metrics
+
+
+def test_identical_captions_score_one(good_scores):
+    scores, info = good_scores
+    assert scores["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["BLEU-1"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["ROUGE-L"] == pytest.approx(1.0, abs=1e-12)
+    assert scores["CIDEr"] > 1.0  # CIDEr is not bounded by 1
+    assert info["n_images"] == 4
+    assert info["references_per_image"] == pytest.approx(9 / 4)
+    assert info["scorer"].startswith("pycocoevalcap ")
+    assert all(isinstance(v, float) for v in scores.values())
+
+
+@needs_java
+def test_meteor_and_ptb_with_java(good_scores):
+    scores, info = good_scores
+    assert "METEOR" in scores and 0.9 < scores["METEOR"] <= 1.0
+    assert info["tokenizer"] == M.PTB_TOKENIZER_NAME
+    assert info["metrics_computed"] == list(M.METRIC_KEYS)
+    assert info["skipped"] == {}
+
+
+def test_cider_prefers_matching_caption_and_metrics_restriction(good_scores, monkeypatch, capfd):
+    def no_meteor(*args, **kwargs):
+        raise AssertionError("METEOR must not run when not asked for")
+
+    monkeypatch.setattr(M, "_meteor_score", no_meteor)
+    wrong = {1: GOOD[2], 2: GOOD[3], 3: GOOD[4], 4: GOOD[1]}
+    scores, info = M.coco_caption_scores(wrong, REFS, metrics=("BLEU-4", "CIDEr"))
+    assert set(scores) == {"BLEU-4", "CIDEr"}
+    assert info["metrics_computed"] == ["BLEU-4", "CIDEr"]
+    assert scores["CIDEr"] < good_scores[0]["CIDEr"]
+    assert scores["BLEU-4"] < good_scores[0]["BLEU-4"]
+    # The scorers' chatter must not reach stdout (callers print JSON as the last line).
+    assert capfd.readouterr().out == ""
+
+
+def _bleu1_by_hand(hyp: str, refs: list[str]) -> float:
+    """Clipped unigram precision times brevity penalty, closest reference length."""
+    h = hyp.split()
+    ref_tokens = [r.split() for r in refs]
+    max_ref = Counter()
+    for r in ref_tokens:
+        for w, c in Counter(r).items():
+            max_ref[w] = max(max_ref[w], c)
+    clipped = sum(min(c, max_ref[w]) for w, c in Counter(h).items())
+    precision = clipped / len(h)
+    r_len = min((abs(len(r) - len(h)), len(r)) for r in ref_tokens)[1]
+    bp = 1.0 if len(h) > r_len else math.exp(1 - r_len / len(h))
+    return precision * bp
+
+
+def test_bleu1_matches_hand_computation():
+    hyp = "red red red circle"
+    refs = ["a red circle on top", "the red circle is very red here"]
+    # red: min(3, 2) = 2, circle: 1 -> 3/4; closest reference has 5 words -> BP = exp(1 - 5/4).
+    expected = 0.75 * math.exp(1 - 5 / 4)
+    assert _bleu1_by_hand(hyp, refs) == pytest.approx(expected)
+    scores, _ = M.coco_caption_scores({7: hyp}, {7: refs}, metrics=["BLEU-1"])
+    assert scores == {"BLEU-1": pytest.approx(expected, abs=1e-6)}
+
+
+def test_ids_must_match():
+    preds = {i: c for i, c in GOOD.items() if i != 4}
+    preds[99] = "a cat"
+    with pytest.raises(ValueError, match=r"missing.*\[4\].*extra.*\[99\]"):
+        M.coco_caption_scores(preds, REFS)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        M.coco_caption_scores(GOOD, REFS, metrics=["BLEU"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        M.coco_caption_scores({1: "a"}, {1: []})
+
+
+def test_empty_predictions_do_not_crash(good_scores):
+    # "" and a caption that is only punctuation (empty once tokenised), with METEOR if Java.
+    preds = {**GOOD, 1: "", 2: " . "}
+    scores, info = M.coco_caption_scores(preds, REFS)
+    assert set(scores) == set(good_scores[0])
+    for key, value in scores.items():
+        assert math.isfinite(value) and 0.0 <= value < good_scores[0][key], key
+    all_empty, _ = M.coco_caption_scores({i: "" for i in REFS}, REFS)
+    assert all(v == pytest.approx(0.0, abs=1e-9) for v in all_empty.values())
+
+
+def test_without_java_skips_meteor_and_tokenises_in_python(good_scores, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no java anywhere
+    assert not M.java_available()
+    scores, info = M.coco_caption_scores(GOOD, REFS)
+    assert "METEOR" not in scores
+    assert info["skipped"] == {"METEOR": "java not found"}
+    assert "METEOR" not in info["metrics_computed"]
+    assert "Java" not in info["tokenizer"] and "PTB-like" in info["tokenizer"]
+    assert scores["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["ROUGE-L"] == pytest.approx(1.0)
+    # These captions tokenise identically either way, so the numbers agree with the Java run.
+    assert scores["CIDEr"] == pytest.approx(good_scores[0]["CIDEr"])
+    with pytest.raises(RuntimeError, match="java"):
+        M.coco_caption_scores(GOOD, REFS, meteor=True)
+
+
+def test_meteor_false_and_java_available_patch(monkeypatch):
+    monkeypatch.setattr(M, "java_available", lambda: False)
+    scores, info = M.coco_caption_scores(GOOD, REFS, metrics=("METEOR", "ROUGE-L"))
+    assert set(scores) == {"ROUGE-L"} and info["skipped"] == {"METEOR": "java not found"}
+    monkeypatch.undo()
+    scores, info = M.coco_caption_scores(GOOD, REFS, meteor=False, metrics=("METEOR", "BLEU-1"))
+    assert set(scores) == {"BLEU-1"} and "meteor=False" in info["skipped"]["METEOR"]
+
+
+CAPTIONS_FOR_TOKENISER = [
+    "A man's dog, (running) -- fast!", "Hello   World...", "A small red circle and two blue squares.",
+    "A black-and-white photo of a cat sitting on a laptop.", "Two people; one dog: a man's hat.",
+    "Isn't it? They're here, we've, I'll I'd I'm cannot", "The clock reads 10:30 on a building's tower.",
+    "Kids' toys on the floor", "He said 'hello' to me", "a 3-d image of 1,000 people in the 1990s",
+    "A sign that says \"Don't walk\"", "U.S. flag at 5 p.m.", "a man,woman and child", "what?!", ".",
+]
+
+
+@needs_java
+def test_python_tokeniser_mimics_ptb():
+    ptb, name = M._tokenize_corpus({i: [c] for i, c in enumerate(CAPTIONS_FOR_TOKENISER)}, True)
+    assert name == M.PTB_TOKENIZER_NAME
+    for i, caption in enumerate(CAPTIONS_FOR_TOKENISER):
+        assert " ".join(M._simple_ptb_like(caption)) == ptb[i][0], caption
+
+
+# ---------------------------------------------------------------- shapes-world stand-ins
+
+COLOURS = {"red", "green", "blue", "yellow"}
+SHAPES = {"circle", "square", "triangle", "star"}
+NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and word[:-1] in SHAPES else word
+
+
+def fake_mentions(tokens: list[str]) -> list[tuple[int, tuple[str, str]]]:
+    """Stand-in for shapes.object_mentions: colour word directly followed by a shape word."""
+    out = []
+    for i in range(len(tokens) - 1):
+        shape = _singular(tokens[i + 1])
+        if tokens[i] in COLOURS and shape in SHAPES:
+            out += [(i, (tokens[i], shape)), (i + 1, (tokens[i], shape))]
+    return out
+
+
+def fake_parse(caption: str) -> Counter:
+    """Stand-in for shapes.parse_objects: "[number] [size] colour shape[s]"."""
+    words = _words(caption)
+    found: Counter = Counter()
+    for i, key in fake_mentions(words)[::2]:
+        j = i - 1
+        if j >= 0 and words[j] in {"small", "large", "big"}:
+            j -= 1
+        found[key] += NUMBERS.get(words[j], 1) if j >= 0 else 1
+    return found
+
+
+def obj(colour: str, shape: str, bbox: list[float], size: str = "small") -> dict:
+    return {"colour": colour, "shape": shape, "size": size, "bbox": bbox}
+
+
+def test_fake_parse_sanity():
+    assert fake_parse("a small red circle and two blue squares.") == Counter(
+        {("red", "circle"): 1, ("blue", "square"): 2})
+    assert fake_parse("garbage !!") == Counter()
+
+
+# ---------------------------------------------------------------- scene accuracy
+
+SCENES = {
+    1: [obj("red", "circle", [0, 0, 10, 10]), obj("blue", "square", [20, 20, 10, 10]),
+        obj("blue", "square", [40, 40, 10, 10])],
+    2: [obj("red", "circle", [0, 0, 10, 10]), obj("blue", "square", [20, 20, 10, 10])],
+    3: [obj("red", "circle", [0, 0, 10, 10])],
+    4: [obj("red", "circle", [0, 0, 10, 10]), obj("blue", "square", [20, 20, 10, 10]),
+        obj("blue", "square", [40, 40, 10, 10])],
+}
+SCENE_PREDS = {
+    1: "a small red circle and two blue squares",  # exact
+    2: "a red circle",  # missing the blue square
+    3: "a red circle and a green star",  # extra object
+    4: "a red circle and a blue square",  # wrong multiplicity
+}
+
+
+@pytest.mark.parametrize("img_id, expected", [(1, 1.0), (2, 0.0), (3, 0.0), (4, 0.0)])
+def test_scene_accuracy_cases(img_id, expected):
+    acc = M.scene_accuracy({img_id: SCENE_PREDS[img_id]}, {img_id: SCENES[img_id]},
+                           parse_fn=fake_parse)
+    assert acc == expected
+
+
+def test_scene_accuracy_share_and_ids():
+    assert M.scene_accuracy(SCENE_PREDS, SCENES, parse_fn=fake_parse) == 0.25
+    assert M.scene_accuracy({5: "nothing here"}, {5: []}, parse_fn=fake_parse) == 1.0
+    with pytest.raises(ValueError):
+        M.scene_accuracy({1: "a red circle"}, SCENES, parse_fn=fake_parse)
+
+
+# ---------------------------------------------------------------- box coverage
+
+
+def test_box_covering_one_cell():
+    grid = M.box_coverage_grid([25, 50, 25, 25], (100, 100), (4, 4))
+    expected = np.zeros((4, 4))
+    expected[2, 1] = 1.0
+    np.testing.assert_allclose(grid, expected)
+    # Non-square image, (W, H) = (200, 100), 2 rows x 4 columns of 50 x 50 cells.
+    grid = M.box_coverage_grid([50, 0, 50, 50], (200, 100), (2, 4))
+    expected = np.zeros((2, 4))
+    expected[0, 1] = 1.0
+    np.testing.assert_allclose(grid, expected)
+
+
+def test_box_half_and_quarter_cells():
+    np.testing.assert_allclose(
+        M.box_coverage_grid([0, 0, 12.5, 25], (100, 100), (4, 4))[0], [0.5, 0, 0, 0])
+    grid = M.box_coverage_grid([12.5, 12.5, 25, 25], (100, 100), (4, 4))
+    expected = np.zeros((4, 4))
+    expected[:2, :2] = 0.25
+    np.testing.assert_allclose(grid, expected)
+
+
+def test_box_whole_image_and_outside():
+    np.testing.assert_allclose(M.box_coverage_grid([0, 0, 64, 48], (64, 48), (7, 7)), 1.0)
+    np.testing.assert_allclose(M.box_coverage_grid([-50, -50, 500, 500], (64, 48), (3, 5)), 1.0)
+    assert M.box_coverage_grid([100, 100, 10, 10], (64, 48), (3, 5)).sum() == 0.0
+
+
+def test_box_coverage_conserves_area():
+    rng = np.random.default_rng(0)
+    W, H, rows, cols = 120, 80, 6, 5
+    cell_area = (W / cols) * (H / rows)
+    for _ in range(20):
+        x, y = rng.uniform(0, W - 1), rng.uniform(0, H - 1)
+        w, h = rng.uniform(0, W - x), rng.uniform(0, H - y)
+        grid = M.box_coverage_grid([x, y, w, h], (W, H), (rows, cols))
+        assert grid.shape == (rows, cols)
+        assert grid.sum() * cell_area == pytest.approx(w * h)
+
+
+# ---------------------------------------------------------------- attention grounding
+
+SIZE = {1: (100, 100)}
+RED_TOP_LEFT = {1: [obj("red", "circle", [0, 0, 50, 50])]}  # cell (0, 0) of a 2 x 2 grid
+TOKENS = {1: ["a", "red", "circle"]}
+
+
+def test_grounding_all_attention_inside():
+    alphas = np.zeros((3, 2, 2))
+    alphas[:, 0, 0] = 1.0
+    out = M.attention_grounding(TOKENS, {1: alphas}, RED_TOP_LEFT, SIZE,
+                                mentions_fn=fake_mentions)
+    assert out == {"grounding": 1.0, "grounding_chance": 0.25, "grounding_words": 2}
+
+
+def test_grounding_uniform_attention_equals_chance():
+    objects = {1: [obj("red", "circle", [10, 10, 30, 60]), obj("red", "circle", [60, 60, 40, 40])]}
+    alphas = np.full((3, 7, 7), 1 / 49)
+    out = M.attention_grounding(TOKENS, {1: alphas}, objects, SIZE, mentions_fn=fake_mentions)
+    assert out["grounding_words"] == 2
+    assert out["grounding"] == pytest.approx(out["grounding_chance"])
+    # The boxes share no grid cell, so the union mask covers 0.18 + 0.16 of the image.
+    assert out["grounding_chance"] == pytest.approx(0.34)
+
+
+def test_grounding_ignores_absent_objects_and_accepts_flat_alphas():
+    tokens = {1: ["a", "red", "circle", "and", "a", "blue", "square"]}
+    alphas = np.zeros((7, 4))
+    alphas[:, 3] = 1.0  # everything on the bottom-right cell, flattened (T, h*w)
+    out = M.attention_grounding(tokens, {1: alphas}, RED_TOP_LEFT, SIZE, mentions_fn=fake_mentions)
+    assert out == {"grounding": 0.0, "grounding_chance": 0.25, "grounding_words": 2}
+
+    only_absent = M.attention_grounding({1: ["a", "blue", "square"]}, {1: np.full((3, 2, 2), .25)},
+                                        RED_TOP_LEFT, SIZE, mentions_fn=fake_mentions)
+    assert only_absent["grounding_words"] == 0
+    assert math.isnan(only_absent["grounding"]) and math.isnan(only_absent["grounding_chance"])
+
+    with pytest.raises(ValueError, match="expected"):
+        M.attention_grounding(TOKENS, {1: np.zeros((4, 2, 2))}, RED_TOP_LEFT, SIZE,
+                              mentions_fn=fake_mentions)
+
+
+# ---------------------------------------------------------------- with the real shapes module
+
+
+def test_with_real_shapes_module():
+    pytest.importorskip("captioner.shapes")
+    scenes = {1: SCENES[1], 3: SCENES[3]}
+    preds = {1: "a small red circle and two blue squares", 3: "a red circle and a green star"}
+    assert M.scene_accuracy(preds, scenes) == 0.5
+
+    alphas = np.zeros((3, 2, 2))
+    alphas[:, 0, 0] = 1.0
+    out = M.attention_grounding(TOKENS, {1: alphas}, RED_TOP_LEFT, SIZE)
+    assert out["grounding_words"] >= 1
+    assert out["grounding"] == pytest.approx(1.0)
+    assert out["grounding_chance"] == pytest.approx(0.25)

@@ -1,0 +1,187 @@
+"""Encoder weights, decoder shapes / gradients, the gate, the regulariser and search properties."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from captioner.decoder import Decoder, DecoderConfig, attention_regularizer, caption_loss
+from captioner.encoder import Encoder, EncoderConfig, EncoderWeightsError, imagenet_classifier
+from captioner.images import build_transform
+from captioner.search import beam_search, greedy_search, search
+from captioner.text import END_ID, PAD_ID, START_ID
+
+V, C, GRID = 40, 24, (4, 5)
+
+
+def make_decoder(seed: int = 0, **kw) -> Decoder:
+    torch.manual_seed(seed)
+    cfg = DecoderConfig(vocab_size=V, feature_dim=C, grid=GRID, embed_dim=16, attention_dim=12, hidden_dim=20, **kw)
+    return Decoder(cfg).eval()
+
+
+def feats(b: int = 3, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, GRID[0] * GRID[1], C, generator=g)
+
+
+def test_package_weights_classify_a_cat():
+    from skimage import data
+    from PIL import Image
+
+    cfg = EncoderConfig()
+    model = imagenet_classifier(cfg)
+    x = build_transform(cfg.image_size, cfg.mean, cfg.std)(Image.fromarray(data.chelsea()))
+    with torch.no_grad():
+        probs = model(x[None]).softmax(-1)[0]
+    top5 = probs.topk(5).indices.tolist()
+    cats = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert top5[0] in cats, top5
+    assert probs[list(cats)].sum() > 0.5
+
+
+def test_encoder_grid_and_frozen():
+    enc = Encoder(EncoderConfig(weights="none"))
+    assert enc.grid == (14, 14) and enc.channels == 40 + 112
+    out = enc(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 196, 152)
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.training  # a frozen encoder keeps BatchNorm statistics fixed
+    enc.set_trainable(2)
+    assert any(p.requires_grad for p in enc.body.blocks[-1].parameters())
+    assert not enc.body.conv_stem.weight.requires_grad
+    assert Encoder(EncoderConfig(weights="none", grid_size=7)).grid == (7, 7)
+
+
+def test_offline_weights_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(EncoderWeightsError, match="no offline weights"):
+        Encoder(EncoderConfig(backbone="resnet18", stages=(3,)))
+    with pytest.raises(EncoderWeightsError, match="not found"):
+        Encoder(EncoderConfig(weights=str(tmp_path / "nope.pt")))
+
+
+def test_decoder_shapes_backward_no_nan():
+    dec = make_decoder().train()
+    f = feats(3).requires_grad_(True)
+    tokens = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 8, END_ID, PAD_ID, PAD_ID],
+                           [START_ID, 9, 9, END_ID, PAD_ID]])
+    logits, alphas = dec(f, tokens)
+    assert logits.shape == (3, 4, V) and alphas.shape == (3, 4, 20)
+    assert torch.allclose(alphas.sum(-1), torch.ones(3, 4), atol=1e-5)
+    loss, ce, reg = caption_loss(logits, alphas, tokens)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(f.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in dec.parameters() if p.grad is not None)
+    assert dec.f_beta.weight.grad.abs().sum() > 0
+
+
+def test_padding_does_not_change_loss_and_order_is_kept():
+    dec = make_decoder().train()
+    dec.dropout.p = 0.0
+    f = feats(2)
+    short = torch.tensor([[START_ID, 5, END_ID], [START_ID, 6, END_ID]])
+    padded = torch.tensor([[START_ID, 5, END_ID, PAD_ID], [START_ID, 6, END_ID, PAD_ID]])
+    a = caption_loss(*dec(f, short), short)
+    b = caption_loss(*dec(f, padded), padded)
+    assert torch.allclose(a[0], b[0], atol=1e-6)
+    # outputs stay in the caller's order (nothing sorted by length)
+    one = dec(f[1:], short[1:])[0]
+    assert torch.allclose(dec(f, short)[0][1], one[0], atol=1e-5)
+
+
+def test_gate_is_a_scalar_sigmoid_of_h():
+    dec = make_decoder()
+    assert dec.f_beta.out_features == 1
+    assert make_decoder(gate="channel").f_beta.out_features == C
+    assert not hasattr(make_decoder(gate="none"), "f_beta")
+    # Force beta -> 0: the context vanishes, so the step ignores the image entirely.
+    with torch.no_grad():
+        dec.f_beta.weight.zero_()
+        dec.f_beta.bias.fill_(-1e4)
+    f1, f2 = dec.prepare(feats(1, seed=1)), dec.prepare(feats(1, seed=2))
+    h = torch.zeros(1, 20)
+    c = torch.zeros(1, 20)
+    tok = torch.tensor([START_ID])
+    out1 = dec.step(tok, h, c, *f1)[0]
+    out2 = dec.step(tok, h, c, *f2)[0]
+    assert torch.allclose(out1, out2, atol=1e-6)
+
+
+def test_regulariser_values():
+    # Attention summing to exactly 1 over time at every location gives 0.
+    T, N = 4, 4
+    alphas = torch.eye(N)[None]  # (1, T=4, N=4): step t looks only at location t
+    mask = torch.ones(1, T)
+    assert attention_regularizer(alphas, mask).item() == pytest.approx(0.0)
+    # Uniform attention for 2 valid steps over 4 locations: each location gets 0.5 -> (0.5)^2.
+    alphas = torch.full((1, 3, N), 1 / N)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert attention_regularizer(alphas, mask, "mean").item() == pytest.approx(0.25)
+    assert attention_regularizer(alphas, mask, "sum").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        attention_regularizer(alphas, mask, "max")
+
+
+def test_beam_one_equals_greedy():
+    dec = make_decoder()
+    f = feats(6)
+    g = greedy_search(dec, f, max_len=12)
+    b = beam_search(dec, f, beam_size=1, max_len=12)
+    for x, y in zip(g, b):
+        assert x.best.tokens == y.best.tokens
+        assert x.best.score == pytest.approx(y.best.score, abs=1e-5)
+        assert torch.allclose(x.best.alphas, y.best.alphas, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_batch_equals_one_at_a_time(k):
+    dec = make_decoder()
+    f = feats(5)
+    batched = search(dec, f, beam_size=k, max_len=12)
+    for i in range(5):
+        single = search(dec, f[i: i + 1], beam_size=k, max_len=12)[0]
+        assert single.best.tokens == batched[i].best.tokens
+        assert single.best.score == pytest.approx(batched[i].best.score, abs=1e-5)
+        assert [b.tokens for b in single.beams] == [b.tokens for b in batched[i].beams]
+
+
+def test_beam_results_are_consistent():
+    dec = make_decoder()
+    res = search(dec, feats(4), beam_size=4, max_len=12)
+    for r in res:
+        scores = [b.score for b in r.beams]
+        assert scores == sorted(scores, reverse=True) and r.best is r.beams[0]
+        assert len({tuple(b.tokens) for b in r.beams}) == len(r.beams)  # no duplicate hypotheses
+        for b in r.beams:
+            assert b.alphas.shape == (len(b.tokens), 20)
+            assert END_ID not in b.tokens and PAD_ID not in b.tokens and START_ID not in b.tokens
+            assert torch.allclose(b.alphas.sum(-1), torch.ones(len(b.tokens)), atol=1e-5)
+    # wider beams never find a worse best hypothesis on this model
+    narrow = search(dec, feats(4), beam_size=1, max_len=12)
+    assert all(w.best.score >= n.best.score - 1e-6 for w, n in zip(res, narrow))
+
+
+def test_score_is_length_normalised_log_prob():
+    dec = make_decoder()
+    f = feats(2)
+    # Recompute the best hypothesis's log-probability by teacher forcing.
+    for i, r in enumerate(search(dec, f, beam_size=3, max_len=12)):
+        hyp = r.best
+        seq = torch.tensor([[START_ID] + hyp.tokens + ([END_ID] if hyp.finished else [])])
+        logits, _ = dec(f[i: i + 1], seq)  # predicts seq[1:]
+        logp = logits.log_softmax(-1)[0]
+        targets = seq[0, 1:]
+        total = sum(float(logp[t, targets[t]]) for t in range(len(targets)))
+        assert hyp.score == pytest.approx(total / len(targets), abs=1e-4)
+
+
+def test_never_ending_caption_stops_at_max_len():
+    dec = make_decoder()
+    with torch.no_grad():
+        dec.L_o.bias[END_ID] = -1e4  # <end> can never win
+    for k in (1, 3):
+        for r in search(dec, feats(2), beam_size=k, max_len=7):
+            assert len(r.best.tokens) == 7 and not r.best.finished
+    with pytest.raises(ValueError):
+        search(dec, feats(1), beam_size=0)

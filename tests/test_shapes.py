@@ -1,0 +1,196 @@
+"""Tests for captioner.shapes: the synthetic shapes world and its caption parser."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from captioner import shapes
+from captioner.shapes import (COLOURS, NUMBER_WORDS, SHAPES, SIZES, ensure_world, generate_world,
+                              load_objects, load_world, object_mentions, parse_objects, plural)
+
+TINY = {"train": 30, "val": 5, "test": 5, "test_novel": 10}
+SPLITS = ("train", "val", "test", "test_novel")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("world"), seed=0, sizes=TINY, workers=1)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _captions(root: Path, split: str) -> dict[int, list[str]]:
+    data = json.loads((root / "annotations" / f"captions_{split}.json").read_text())
+    out: dict[int, list[str]] = {img["id"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        out[ann["image_id"]].append(ann["caption"])
+    return out
+
+
+# ------------------------------------------------------------------ generation
+
+def test_layout_and_world_json(world):
+    info = load_world(world)
+    assert info["seed"] == 0 and info["sizes"] == TINY and info["version"] == shapes.VERSION
+    ids = []
+    for split in SPLITS:
+        files = sorted((world / "images" / split).glob("*.jpg"))
+        assert len(files) == TINY[split]
+        ids += [int(f.stem) for f in files]
+    assert len(ids) == len(set(ids)) == sum(TINY.values())
+    with Image.open(files[0]) as im:
+        assert im.size == (224, 224) and im.mode == "RGB" and im.format == "JPEG"
+
+
+def test_deterministic_across_worker_counts(world, tmp_path):
+    again = generate_world(tmp_path / "again", seed=0, sizes=TINY, workers=2)
+    assert _files(world) == _files(again)
+
+
+def test_different_seed_gives_different_images(world, tmp_path):
+    other = generate_world(tmp_path / "other", seed=1, sizes={"train": 3}, workers=1)
+    first = "images/train/000001.jpg"
+    assert (world / first).read_bytes() != (other / first).read_bytes()
+
+
+def test_ensure_world_regenerates_only_on_change(world, tmp_path):
+    stamp = (world / "world.json").stat().st_mtime_ns
+    assert ensure_world(world, seed=0, sizes=TINY) == world
+    assert (world / "world.json").stat().st_mtime_ns == stamp
+    out = ensure_world(tmp_path / "w", seed=3, sizes={"train": 2, "val": 1})
+    assert load_world(out)["sizes"] == {"train": 2, "val": 1, "test": 0, "test_novel": 0}
+
+
+def test_held_out_pairs(world):
+    held = {tuple(p) for p in load_world(world)["held_out"]}
+    assert len(held) >= 4
+    assert len({c for c, _ in held}) >= 4 and len({s for _, s in held}) >= 4
+    for split in SPLITS:
+        objects = load_objects(world / "annotations" / f"instances_{split}.json")
+        captions = _captions(world, split)
+        for image_id, objs in objects.items():
+            in_boxes = {(o["colour"], o["shape"]) for o in objs} & held
+            in_caps = set().union(*(parse_objects(c) for c in captions[image_id])) & held
+            assert in_boxes == in_caps
+            assert bool(in_boxes) == (split == "test_novel"), (split, image_id)
+
+
+def _overlap(a, b) -> bool:
+    return not (a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1])
+
+
+def test_objects_and_captions_agree(world):
+    for split in SPLITS:
+        objects = load_objects(world / "annotations" / f"instances_{split}.json")
+        captions = _captions(world, split)
+        for image_id, objs in objects.items():
+            assert 1 <= len(objs) <= 3
+            want = Counter((o["colour"], o["shape"]) for o in objs)
+            caps = captions[image_id]
+            assert len(caps) == 5 and len(set(caps)) == 5
+            for cap in caps:
+                assert cap == cap.lower().strip() and all(w.isalpha() for w in cap.split()), cap
+                assert parse_objects(cap) == want, (cap, want)
+            for i, o in enumerate(objs):
+                x, y, w, h = o["bbox"]
+                assert 0 <= x and 0 <= y and x + w <= 224 and y + h <= 224
+                side = max(w, h)
+                assert (side <= 42) if o["size"] == "small" else (side >= 55), o
+                assert all(not _overlap(o["bbox"], p["bbox"]) for p in objs[i + 1:])
+
+
+def test_captions_state_counts_and_relations(world):
+    relations = ("to the left of", "to the right of", "above", "below", "to its",
+                 "on the left", "at the top")
+    for split in SPLITS:
+        objects = load_objects(world / "annotations" / f"instances_{split}.json")
+        for image_id, caps in _captions(world, split).items():
+            n = len(objects[image_id])
+            count_word = {1: ("one", "single"), 2: ("two shapes", "two objects"),
+                          3: ("three shapes", "three objects")}[n]
+            assert any(w in c for c in caps for w in count_word), caps
+            if n > 1:
+                assert sum(any(r in c for r in relations) for c in caps) >= 2, caps
+
+
+def test_relation_follows_centres():
+    left = {"colour": "red", "shape": "circle", "size": "small", "bbox": [10, 100, 30, 30]}
+    right = {"colour": "blue", "shape": "square", "size": "large", "bbox": [120, 90, 70, 70]}
+    top = {"colour": "green", "shape": "star", "size": "small", "bbox": [60, 5, 30, 30]}
+    assert shapes._relation(left, right) == "to the left of"
+    assert shapes._relation(right, left) == "to the right of"
+    assert shapes._relation(top, left) == "above" and shapes._relation(left, top) == "below"
+
+
+def test_coco_and_karpathy_files(world):
+    from pycocotools.coco import COCO
+    for split in SPLITS:
+        caps = COCO(str(world / "annotations" / f"captions_{split}.json"))
+        inst = COCO(str(world / "annotations" / f"instances_{split}.json"))
+        assert len(caps.getImgIds()) == TINY[split] and len(caps.getAnnIds()) == 5 * TINY[split]
+        assert {c["name"] for c in inst.loadCats(inst.getCatIds())} == set(SHAPES)
+        for img in caps.loadImgs(caps.getImgIds()):
+            assert img["file_name"] == f"{split}/{img['id']:06d}.jpg"
+            assert (world / "images" / img["file_name"]).is_file()
+    karpathy = json.loads((world / "dataset_shapes.json").read_text())
+    assert karpathy["dataset"] == "shapes" and len(karpathy["images"]) == sum(TINY.values())
+    sentids = []
+    for i, img in enumerate(karpathy["images"]):
+        assert img["imgid"] == i and img["split"] in SPLITS and img["filepath"] == img["split"]
+        assert (world / "images" / img["filepath"] / img["filename"]).is_file()
+        assert img["filename"] == f"{img['cocoid']:06d}.jpg"
+        assert [s["sentid"] for s in img["sentences"]] == img["sentids"]
+        for s in img["sentences"]:
+            assert s["tokens"] == s["raw"].split() and s["imgid"] == i
+        sentids += img["sentids"]
+    assert len(sentids) == len(set(sentids))
+
+
+# ------------------------------------------------------------------ parsing
+
+def test_constants():
+    assert len(COLOURS) == 6 and len(SIZES) == 2 and len(SHAPES) >= 5
+    assert NUMBER_WORDS["one"] == 1 and NUMBER_WORDS["three"] == 3
+    assert plural("circle") == "circles" and plural("cross") == "crosses"
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("a red circle", {("red", "circle"): 1}),
+    ("a small red circle to the left of a large blue square",
+     {("red", "circle"): 1, ("blue", "square"): 1}),
+    ("two red circles", {("red", "circle"): 2}),
+    ("two small red circles and a green star", {("red", "circle"): 2, ("green", "star"): 1}),
+    ("three shapes two small red circles and a large red circle", {("red", "circle"): 3}),
+    ("there are two objects a small purple cross and a large green cross",
+     {("purple", "cross"): 1, ("green", "cross"): 1}),
+    ("A Small Red Circle, and a blue square.", {("red", "circle"): 1, ("blue", "square"): 1}),
+    ("two shapes", {}),
+    ("a red and a circle", {}),  # the colour is in another noun phrase
+    ("red red circle circle blue", {("red", "circle"): 1}),
+    ("", {}),
+    ("<unk> <unk> the of of", {}),
+])
+def test_parse_objects(caption, expected):
+    assert parse_objects(caption) == Counter(expected)
+    assert parse_objects(caption.split()) == Counter(expected)
+
+
+def test_parse_objects_never_raises_on_junk():
+    for junk in ([None, 3, "red", b"circle"], [], ["red", "circles", "<eos>"], 42, None):
+        assert isinstance(parse_objects(junk), Counter)
+    assert parse_objects(["red", "circles", "<eos>"]) == Counter({("red", "circle"): 1})
+
+
+def test_object_mentions():
+    tokens = ["a", "small", "red", "circle", "above", "a", "blue", "square"]
+    assert object_mentions(tokens) == [(2, ("red", "circle")), (3, ("red", "circle")),
+                                       (6, ("blue", "square")), (7, ("blue", "square"))]
+    assert object_mentions(["two", "green", "stars", "and", "circles"]) == [
+        (1, ("green", "star")), (2, ("green", "star"))]
+    assert object_mentions(["a", "red", "of", "square", "<pad>"]) == []

@@ -1,0 +1,130 @@
+"""train.main and evaluate.main end to end on a tiny shapes world, and resume after a real kill."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import evaluate
+import train
+from captioner.checkpoint import load_checkpoint
+from captioner.metrics import METRIC_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"train": 64, "val": 12, "test": 12, "test_novel": 12}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from captioner import shapes
+
+    root = tmp_path_factory.mktemp("world")
+    shapes.generate_world(root, seed=3, sizes=TINY, workers=1)
+    return root
+
+
+def tiny_args(world: Path, out: Path, cache: Path, epochs: int = 5) -> list[str]:
+    return ["--shapes-dir", str(world), "--out", str(out), "--cache-dir", str(cache), "--epochs", str(epochs),
+            "--batch-size", "16", "--min-count", "1", "--embed-dim", "32", "--attention-dim", "32",
+            "--hidden-dim", "64", "--dropout", "0.1", "--lr", "5e-3", "--warmup-steps", "2", "--captions-per-image", "all", "--val-beam", "2", "--no-progress",
+            "--device", "cpu", "--seed", "7", "--patience", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    out = base / "a"
+    summary = train.main(tiny_args(world, out, base / "cache"))
+    return out, base / "cache", summary
+
+
+def test_train_main_loss_falls_and_writes_the_run(trained):
+    out, cache, summary = trained
+    losses = [h["loss"] for h in summary["history"]]
+    ce = [h["ce"] for h in summary["history"]]
+    assert len(losses) == 5
+    assert losses[-1] < 0.8 * losses[0] and ce[-1] < 0.7 * ce[0], summary["history"]
+    for name in ("config.yaml", "last.pt", "best.pt", "history.json", "summary.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())  # TensorBoard events
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["epochs"] == 5 and cfg["hidden_dim"] == 64
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["train"]["epoch"] == 4 and ck["model"]["encoder"] is None
+    assert {"BLEU-4", "CIDEr"} <= set(summary["history"][-1]["val"])
+    # the feature cache was written once, for train and val, and is what a second run reuses
+    assert len(list(Path(cache).glob("*/*/feats.npy"))) == 2
+
+
+def test_yaml_sets_defaults_and_flags_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 9\nlr: 0.5\nhidden_dim: 128\n")
+    args = train.parse_args(["--config", str(cfg), "--lr", "0.1", "--preset", "shapes"])
+    tc = train.train_config(args)
+    assert (tc.epochs, tc.lr, tc.hidden_dim) == (9, 0.1, 128)
+    cfg.write_text("no_such_option: 1\n")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", str(cfg)])
+
+
+def test_resume_after_kill_matches_uninterrupted_run(world, trained, tmp_path):
+    ref_out, cache, ref = trained
+    out = tmp_path / "b"
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(world, out, cache)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (out / "last.pt").exists():
+            assert proc.poll() is None, "training exited before its first checkpoint"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # a real, unclean kill
+    finally:
+        proc.wait()
+    done = load_checkpoint(out / "last.pt")["train"]["epoch"] + 1
+    assert done < 5, "the run finished before it could be killed"
+    resumed = train.main(tiny_args(world, out, cache) + ["--resume", str(out / "last.pt")])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+    for a, b in zip(ref["history"], resumed["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (a, b)
+        assert a["val"]["CIDEr"] == pytest.approx(b["val"]["CIDEr"], rel=1e-6, abs=1e-7)
+    ra = load_checkpoint(ref_out / "last.pt")["model"]["decoder"]
+    rb = load_checkpoint(out / "last.pt")["model"]["decoder"]
+    assert all(torch.allclose(ra[k], rb[k], atol=1e-6) for k in ra)
+
+
+def test_evaluate_main_writes_predictions_and_metrics(trained, world, tmp_path, capsys):
+    out, cache, _ = trained
+    res = evaluate.main(["--checkpoint", str(out / "best.pt"), "--shapes-dir", str(world), "--split", "test_novel",
+                         "--out", str(tmp_path), "--cache-dir", str(cache), "--no-progress", "--beam", "2"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    line = json.loads(last)
+    expected = set(METRIC_KEYS) | {"scene_accuracy", "grounding", "grounding_chance"}
+    if res["info"].get("skipped", {}).get("METEOR"):
+        expected.discard("METEOR")
+    assert set(line) == expected
+    preds = json.loads((tmp_path / "predictions_test_novel_beam2.json").read_text())
+    assert len(preds) == TINY["test_novel"] and {"image_id", "caption"} == set(preds[0])
+    info = json.loads((tmp_path / "metrics_test_novel_beam2.json").read_text())["info"]
+    assert info["split"] == "test_novel" and info["beam"] == 2 and "PTB" in info["tokenizer"]
+    if info["grounding_words"]:
+        assert 0.0 < line["grounding_chance"] < 1.0 and 0.0 <= line["grounding"] <= 1.0
+    else:  # no generated word named an object: reported as null, not a made-up number
+        assert line["grounding"] is None and line["grounding_chance"] is None
+
+
+def test_refuses_to_resume_from_an_exported_model(trained, world, tmp_path):
+    from captioner.checkpoint import export_inference
+
+    out, cache, _ = trained
+    small = export_inference(out / "best.pt", tmp_path / "small.pt")
+    with pytest.raises(ValueError, match="no training state"):
+        train.main(tiny_args(world, tmp_path / "c", cache) + ["--resume", str(small)])
