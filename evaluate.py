@@ -17,6 +17,7 @@ import logging
 import math
 from pathlib import Path
 
+from captioner.search import DEFAULT_MAX_LEN
 from cli import DEFAULT_CHECKPOINT, add_data_args, data_source, setup_logging
 
 log = logging.getLogger("evaluate")
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model to evaluate (default: the demo model)")
     p.add_argument("--split", default="test", help="split to decode: test, test_novel, val, ...")
     p.add_argument("--beam", type=int, default=3, help=f"beam width (1 = greedy, at most {MAX_BEAM})")
-    p.add_argument("--max-len", type=int, default=20, help="most tokens decoded per caption, <end> included")
+    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help="most tokens decoded per caption, <end> included")
     p.add_argument("--batch-size", type=int, default=100, help="images decoded at once")
     p.add_argument("--max-images", type=int, default=None, help="smoke-size switch: first N images of the split")
     p.add_argument("--out", default="runs/eval", help="folder for predictions and metrics JSON")

@@ -26,8 +26,8 @@ from cli import add_data_args, data_source, setup_logging
 
 PRESETS = {
     # The bundled demo model: about 15 minutes on a 2-core CPU, world generation and features included.
-    "shapes": {"data": "shapes", "out": "runs/shapes", "epochs": 14, "batch_size": 64, "lr": 1e-3,
-               "patience": 0},
+    "shapes": {"data": "shapes", "out": "runs/shapes", "epochs": 14, "batch_size": 64, "lr": 2e-3,
+               "attention_dim": 128, "dropout": 0.1, "patience": 0},
 }
 
 HELP = {
@@ -39,6 +39,7 @@ HELP = {
     "grid_size": "pool the feature grid to this size (default: native, 14 at 224 px)",
     "gate": "attention gate beta: scalar (paper), channel, none",
     "pos_embed": "add a learned row+column position embedding to the features (true/false)",
+    "feature_norm": "LayerNorm each annotation vector before attention (true/false)",
     "att_lambda": "weight lambda of the doubly stochastic attention regulariser",
     "att_reduction": "regulariser over the N locations: mean (lambda/N) or sum (the paper's formula)",
     "min_count": "words seen fewer times in training captions become <unk>",

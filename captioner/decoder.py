@@ -27,6 +27,7 @@ class DecoderConfig:
     dropout: float = 0.5  # on h_t before the deep output layer
     gate: str = "scalar"  # beta = sigmoid(f_beta(h)): "scalar" as in the paper, "channel" (per-channel), "none"
     pos_embed: bool = True  # learned row + column embedding added to the annotation vectors (not in the paper)
+    feature_norm: bool = True  # LayerNorm over the channels of each annotation vector (not in the paper)
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(g) for g in self.grid)
@@ -61,6 +62,8 @@ class Decoder(nn.Module):
             self.col_embed = nn.Parameter(torch.zeros(cfg.grid[1], C))
             nn.init.normal_(self.row_embed, std=0.02)
             nn.init.normal_(self.col_embed, std=0.02)
+        if cfg.feature_norm:
+            self.feature_norm = nn.LayerNorm(C)
         self.embed = nn.Embedding(cfg.vocab_size, m)
         self.attention = SoftAttention(C, n, cfg.attention_dim)
         # Paper: c0, h0 are predicted from the mean annotation vector by two separate MLPs.
@@ -77,7 +80,9 @@ class Decoder(nn.Module):
 
     # --- the stages search.py calls -------------------------------------------------------
     def prepare(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image work done once: add positions, project for attention. (B,N,C) -> feats, (B,N,A)."""
+        """Per-image work done once: normalise, add positions, project for attention. (B,N,C) -> feats, (B,N,A)."""
+        if self.cfg.feature_norm:
+            feats = self.feature_norm(feats)
         if self.cfg.pos_embed:
             h, w = self.cfg.grid
             if feats.shape[1] != h * w:

@@ -115,7 +115,8 @@ class Encoder(nn.Module):
         # EfficientNet's feature wrapper runs every block; drop those after the last stage used.
         if hasattr(body, "_stage_out_idx") and hasattr(body, "blocks"):
             body.blocks = body.blocks[: max(body._stage_out_idx)]
-        self.body = body
+        # channels_last: ~1.7x faster convolutions on CPU (measured, 2 cores) and the layout tensor cores want.
+        self.body = body.to(memory_format=torch.channels_last)
         self.channels: int = sum(body.feature_info.channels())
         self.fine_tuned = False
         self.set_trainable(0)
@@ -150,7 +151,7 @@ class Encoder(nn.Module):
         return super().train(mode and self.fine_tuned)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.body(images)  # list of (B, C_i, H_i, W_i), finest first
+        feats = self.body(images.contiguous(memory_format=torch.channels_last))  # [(B, C_i, H_i, W_i)], finest first
         h, w = self.grid
         pooled = [f if f.shape[-2:] == (h, w) else F.adaptive_avg_pool2d(f, (h, w)) for f in feats]
         x = torch.cat(pooled, dim=1)  # (B, C, h, w)

@@ -16,12 +16,13 @@ from tqdm import tqdm
 from .datasets import ImageRecord
 from .features import FeatureCache, ImageFileDataset
 from .model import CaptionOutput, Captioner
+from .search import DEFAULT_MAX_LEN
 
 log = logging.getLogger(__name__)
 
 
 def decode_cache(model: Captioner, cache: FeatureCache, image_ids: Sequence[int], *, beam_size: int = 3,
-                 max_len: int = 20, batch_size: int = 100, progress: bool = False) -> dict[int, CaptionOutput]:
+                 max_len: int = DEFAULT_MAX_LEN, batch_size: int = 100, progress: bool = False) -> dict[int, CaptionOutput]:
     out = {}
     ids = [i for i in image_ids if i in cache.row_of]
     for s in tqdm(range(0, len(ids), batch_size), desc="decode", unit="batch", disable=not progress):
@@ -32,7 +33,7 @@ def decode_cache(model: Captioner, cache: FeatureCache, image_ids: Sequence[int]
     return out
 
 
-def decode_records(model: Captioner, records: Sequence[ImageRecord], *, beam_size: int = 3, max_len: int = 20,
+def decode_records(model: Captioner, records: Sequence[ImageRecord], *, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN,
                    batch_size: int = 50, num_workers: int = 0, progress: bool = False) -> dict[int, CaptionOutput]:
     """Run the encoder on the images (fine-tuned encoders); unreadable images are reported and skipped."""
     ds = ImageFileDataset([r.path for r in records], model.transform(), model.cfg.encoder.image_size)

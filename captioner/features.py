@@ -88,7 +88,7 @@ class FeatureCache:
 
 @torch.no_grad()
 def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder: str | os.PathLike, *,
-                        batch_size: int = 50, num_workers: int = 0, device: str | torch.device = "cpu",
+                        batch_size: int = 16, num_workers: int = 0, device: str | torch.device = "cpu",
                         progress: bool = True) -> FeatureCache:
     """Run the encoder over `records` once and store the grid; written to a temp folder, then renamed."""
     folder = Path(folder)

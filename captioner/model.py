@@ -17,7 +17,7 @@ from .checkpoint import load_checkpoint
 from .decoder import Decoder, DecoderConfig
 from .encoder import Encoder, EncoderConfig
 from .images import load_image
-from .search import SearchResult, search
+from .search import DEFAULT_MAX_LEN, SearchResult, search
 from .text import Vocab
 
 
@@ -103,12 +103,12 @@ class Captioner(nn.Module):
         self.encoder.eval()
         return self.encoder(images.to(self.device))
 
-    def decode(self, feats: torch.Tensor, beam_size: int = 3, max_len: int = 20) -> list[CaptionOutput]:
+    def decode(self, feats: torch.Tensor, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN) -> list[CaptionOutput]:
         """Search on precomputed features (B, N, C); the CNN is not run again."""
         results = search(self.decoder, feats.to(self.device).float(), beam_size, max_len)
         return [self._output(r) for r in results]
 
-    def caption(self, images: Sequence[Any], beam_size: int = 3, max_len: int = 20) -> list[CaptionOutput]:
+    def caption(self, images: Sequence[Any], beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN) -> list[CaptionOutput]:
         """Caption PIL images, paths or bytes, all through the one loader and transform."""
         tf = self.transform()
         batch = torch.stack([tf(load_image(im)) for im in images])

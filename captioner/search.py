@@ -17,6 +17,8 @@ import torch
 from .decoder import Decoder
 from .text import END_ID, PAD_ID, START_ID
 
+DEFAULT_MAX_LEN = 30  # tokens decoded per caption, <end> included: room for 3-object relation captions
+
 
 @dataclass
 class Hypothesis:
@@ -41,7 +43,7 @@ def _word_logp(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_search(decoder: Decoder, feats: torch.Tensor, max_len: int = 20) -> list[SearchResult]:
+def greedy_search(decoder: Decoder, feats: torch.Tensor, max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
     """Argmax decoding for a batch. feats (B, N, C)."""
     B = feats.shape[0]
     feats, proj = decoder.prepare(feats)
@@ -74,7 +76,7 @@ def greedy_search(decoder: Decoder, feats: torch.Tensor, max_len: int = 20) -> l
 
 
 @torch.no_grad()
-def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = 20) -> list[SearchResult]:
+def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
     """Beam search for many images at once: B images x K beams run as one (B*K) batch.
 
     A finished hypothesis keeps its slot and is extended only by <pad> at no cost, so it
@@ -142,7 +144,7 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_l
     return results
 
 
-def search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = 20) -> list[SearchResult]:
+def search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
     """The one entry point: greedy for beam_size 1, batched beam search otherwise."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, not {beam_size}")

@@ -27,6 +27,7 @@ from .encoder import EncoderConfig
 from .evaluation import decode_cache, decode_records, score_outputs
 from .features import CaptionFeatureDataset, ImageCaptionDataset, cached_features, collate_captions
 from .model import Captioner
+from .search import DEFAULT_MAX_LEN
 from .runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from .sources import DataSource
 from .text import Vocab, tokenize
@@ -50,6 +51,7 @@ class TrainConfig:
     dropout: float = 0.5
     gate: str = "scalar"  # "scalar" (paper), "channel", "none"
     pos_embed: bool = True
+    feature_norm: bool = True  # LayerNorm over each annotation vector's channels (not in the paper)
     att_lambda: float = 1.0  # weight of the doubly stochastic regulariser
     att_reduction: str = "mean"  # over the N locations: "mean" (= lambda/N with the paper's sum) or "sum"
     # vocabulary and captions
@@ -71,7 +73,7 @@ class TrainConfig:
     val_split: str = "val"
     val_metric: str = "CIDEr"
     val_beam: int = 3
-    val_max_len: int = 20
+    val_max_len: int = DEFAULT_MAX_LEN  # most tokens decoded per caption, <end> included
     patience: int = 5  # epochs without improvement before stopping (0: never stop early)
     # smoke-size switches
     max_train_images: int | None = None
@@ -93,7 +95,8 @@ class TrainConfig:
 
     def decoder_kwargs(self) -> dict[str, Any]:
         return dict(embed_dim=self.embed_dim, attention_dim=self.attention_dim, hidden_dim=self.hidden_dim,
-                    dropout=self.dropout, gate=self.gate, pos_embed=self.pos_embed)
+                    dropout=self.dropout, gate=self.gate, pos_embed=self.pos_embed,
+                    feature_norm=self.feature_norm)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int, min_ratio: float):
@@ -155,7 +158,7 @@ def train(cfg: TrainConfig, source: DataSource) -> dict[str, Any]:
              sum(p.numel() for p in model.decoder.parameters()) / 1e6, model.grid, model.encoder.channels,
              device, f" ({dtype})" if dtype else "")
 
-    feat_kw = dict(batch_size=50, num_workers=cfg.workers, device=device, progress=cfg.progress)
+    feat_kw = dict(batch_size=16, num_workers=cfg.workers, device=device, progress=cfg.progress)
     if cfg.fine_tune_encoder:
         train_ds = ImageCaptionDataset(train_records, vocab, model.transform(), cfg.image_size,
                                        cfg.max_caption_len, cfg.seed)
@@ -226,7 +229,7 @@ def train(cfg: TrainConfig, source: DataSource) -> dict[str, Any]:
                 sums[k] += v.item()
             n += 1
             if step % 20 == 0:
-                writer.scalar("train/loss", float(loss), step)
+                writer.scalar("train/loss", loss.item(), step)
                 writer.scalar("train/lr", optimizer.param_groups[0]["lr"], step)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         train_time = time.time() - t0

@@ -172,7 +172,7 @@ def test_score_is_length_normalised_log_prob():
         logits, _ = dec(f[i: i + 1], seq)  # predicts seq[1:]
         logp = logits.log_softmax(-1)[0]
         targets = seq[0, 1:]
-        total = sum(float(logp[t, targets[t]]) for t in range(len(targets)))
+        total = sum(logp[t, targets[t]].item() for t in range(len(targets)))
         assert hyp.score == pytest.approx(total / len(targets), abs=1e-4)
 
 

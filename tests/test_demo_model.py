@@ -1,0 +1,58 @@
+"""The committed demo model: small, safe to load, and as good as the README says.
+
+Runs evaluate.py exactly as a newcomer would (defaults: the demo checkpoint, the shapes test
+split, beam 3), on the default shapes world (generated into data/shapes when missing).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import evaluate
+from cli import DEFAULT_CHECKPOINT
+
+
+def test_checkpoint_is_small_and_plain():
+    assert DEFAULT_CHECKPOINT.stat().st_size <= 10 * 1024 * 1024
+    ck = torch.load(DEFAULT_CHECKPOINT, weights_only=True)  # no pickled objects inside
+    assert ck["model"]["encoder"] is None and "train" not in ck  # encoder weights come from the package
+    assert ck["model"]["vocab"]["itos"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+
+
+@pytest.fixture(scope="module")
+def test_metrics(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    result = evaluate.main(["--out", str(out), "--no-progress"])
+    return result, out
+
+
+def test_demo_model_meets_the_thresholds(test_metrics):
+    result, out = test_metrics
+    m = result["metrics"]
+    assert result["info"]["split"] == "test" and result["info"]["beam"] == 3
+    assert result["info"]["images"] == 1000
+    assert m["BLEU-4"] >= 0.50, m
+    assert m["scene_accuracy"] >= 0.80, m
+    assert m["grounding"] >= 3 * m["grounding_chance"], m
+    saved = json.loads((out / "metrics_test_beam3.json").read_text())
+    assert saved["metrics"]["BLEU-4"] == pytest.approx(m["BLEU-4"])
+
+
+def test_demo_model_captions_a_shapes_image_sensibly(test_metrics):  # the fixture made sure the world exists
+    from captioner.model import Captioner
+    from captioner.shapes import load_objects, parse_objects
+    from cli import DEFAULT_SHAPES_DIR
+
+    model = Captioner.from_checkpoint(DEFAULT_CHECKPOINT)
+    objects = load_objects(DEFAULT_SHAPES_DIR / "annotations" / "instances_test.json")
+    ids = sorted(objects)[:20]
+    paths = [DEFAULT_SHAPES_DIR / "images" / "test" / f"{i:06d}.jpg" for i in ids]
+    outs = model.caption(paths, beam_size=3)
+    right = 0
+    for iid, o in zip(ids, outs):
+        assert o.alphas.shape == (len(o.words), *model.grid)
+        truth = {(ob["colour"], ob["shape"]) for ob in objects[iid]}
+        right += set(parse_objects(o.text)) == truth
+    assert right >= 14, [o.text for o in outs]
