@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_images:
         records = records[: args.max_images]
     progress = not args.no_progress
-    if model.encoder.fine_tuned or any(p.requires_grad for p in model.encoder.parameters()):
+    if not model.encoder.stock_weights:  # a fine-tuned encoder: cached features would be stale
         outputs = decode_records(model, records, beam_size=args.beam, max_len=args.max_len,
                                  batch_size=args.batch_size, num_workers=args.workers, progress=progress)
     else:

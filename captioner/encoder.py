@@ -87,15 +87,25 @@ def load_backbone_weights(cfg: EncoderConfig, full_model: nn.Module) -> None:
     path = Path(cfg.weights)
     if not path.is_file():
         raise EncoderWeightsError(f"encoder weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled objects, truncated files, not a torch file
+        raise EncoderWeightsError(f"cannot read encoder weights {path}: {e}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    missing, unexpected = full_model.load_state_dict(state, strict=False)
-    if missing:
-        raise EncoderWeightsError(f"{path} does not fit timm '{cfg.backbone}': {len(missing)} missing "
-                                  f"tensors, e.g. {missing[:3]}")
-    if unexpected:
-        log.warning("%s: ignored %d unexpected tensors, e.g. %s", path, len(unexpected), unexpected[:3])
+    if not isinstance(state, dict):
+        raise EncoderWeightsError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    own = full_model.state_dict()
+    # The classifier head is never used (we take feature maps), so a head for other classes is fine.
+    head = str(getattr(full_model, "pretrained_cfg", {}).get("classifier", "fc"))
+    body = [k for k in own if not k.startswith(head + ".")]
+    wrong = [k for k in body if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in body if k not in state]
+    if wrong or missing:
+        raise EncoderWeightsError(
+            f"{path} does not fit timm '{cfg.backbone}': {len(missing)} tensors missing (e.g. {missing[:3]}), "
+            f"{len(wrong)} of another shape (e.g. {wrong[:3]})")
+    full_model.load_state_dict({k: state[k] for k in body}, strict=False)
 
 
 class Encoder(nn.Module):
@@ -119,6 +129,7 @@ class Encoder(nn.Module):
         self.body = body.to(memory_format=torch.channels_last)
         self.channels: int = sum(body.feature_info.channels())
         self.fine_tuned = False
+        self.weights_from_checkpoint = False  # set when a checkpoint's own (fine-tuned) weights were loaded
         self.set_trainable(0)
         with torch.no_grad():
             shapes = [f.shape for f in body.eval()(torch.zeros(1, 3, cfg.image_size, cfg.image_size))]
@@ -133,6 +144,11 @@ class Encoder(nn.Module):
         """The one preprocessing for this encoder (training, evaluation, serving, batch)."""
         return build_transform(self.cfg.image_size, self.cfg.mean, self.cfg.std)
 
+    @property
+    def stock_weights(self) -> bool:
+        """True when the weights are exactly those the config names, so cached features apply."""
+        return not (self.fine_tuned or self.weights_from_checkpoint)
+
     def set_trainable(self, n_blocks: int) -> None:
         """Freeze everything, then unfreeze the top `n_blocks` blocks (0: frozen encoder)."""
         for p in self.parameters():
@@ -145,10 +161,15 @@ class Encoder(nn.Module):
                 for p in b.parameters():
                     p.requires_grad_(True)
         self.fine_tuned = n_blocks > 0
+        self._trainable_blocks = list(blocks)[-n_blocks:] if n_blocks > 0 else []
 
     def train(self, mode: bool = True) -> "Encoder":
-        # A frozen encoder keeps its BatchNorm statistics: it stays in eval mode.
-        return super().train(mode and self.fine_tuned)
+        # Frozen parts keep their BatchNorm statistics: only the fine-tuned blocks enter train mode.
+        super().train(False)
+        for b in self._trainable_blocks:
+            b.train(mode)
+        self.training = mode and self.fine_tuned
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.body(images.contiguous(memory_format=torch.channels_last))  # [(B, C_i, H_i, W_i)], finest first

@@ -21,7 +21,6 @@ import functools
 import io
 import logging
 import math
-import re
 import shutil
 import subprocess
 import threading
@@ -37,15 +36,7 @@ METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CID
 
 PTB_TOKENIZER_NAME = "PTBTokenizer (Stanford CoreNLP 3.4.1, Java)"
 _TEXT_TOKENIZER_NAME = "captioner.text.tokenize (pure-Python PTB-like)"
-_FALLBACK_TOKENIZER_NAME = "captioner.metrics._simple_ptb_like (pure-Python PTB-like)"
 
-# The tokens pycocoevalcap's PTBTokenizer drops after tokenising (copied from
-# pycocoevalcap/tokenizer/ptbtokenizer.py). The bracket entries are upper-case while the tokenizer
-# runs with -lowerCase, so "-lrb-" etc. survive there: the fallback keeps that quirk on purpose.
-_PTB_PUNCTUATIONS = frozenset(
-    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
-     ".", "?", "!", ",", ":", "-", "--", "...", ";"]
-)
 
 ParseFn = Callable[[Any], Counter]
 MentionsFn = Callable[[list[str]], list[tuple[int, tuple[str, str]]]]
@@ -82,51 +73,10 @@ def _pycocoevalcap_version() -> str:
         return "unknown"
 
 
-_CONTRACTIONS = (
-    # PTB splits these multi-word contractions into two tokens.
-    (re.compile(r"\b(can)(not)\b"), r"\1 \2"),
-    (re.compile(r"\b(gon|wan|got)(na|ta)\b"), r"\1 \2"),
-    (re.compile(r"(\w)(n't)\b"), r"\1 \2"),
-    (re.compile(r"(\w)('(?:s|re|ve|ll|d|m))\b"), r"\1 \2"),
-)
-_TOKEN_RE = re.compile(
-    r"\.\.\.|--"
-    r"|n't|'(?:s|re|ve|ll|d|m)\b"
-    r"|(?:[a-z]\.){2,}"  # u.s., p.m.: PTB keeps the periods of such abbreviations
-    r"|(?:mr|mrs|ms|dr|st|jr|sr|vs|etc)\.(?=\s|$)"
-    r"|\d+(?:[.,:/]\d+)*(?![-'/&]?[^\W_])"  # 3.5, 1,000, 10:30, 1/2 (not 20s, 3-d)
-    r"|[^\W_]+(?:[-'/&.][^\W_]+)*"  # e-mail, o'clock, a/b, at&t, 3-d
-    r"|[#@][^\W_]+"  # PTB keeps #tag and @name whole
-    r"|[?!]{2,}"  # "?!" is one token for PTB, and not one it drops
-    r"|\S"
-)
-_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
-             '"': "''"}
-
-
-def _simple_ptb_like(text: str) -> list[str]:
-    """Pure-Python stand-in for pycocoevalcap's PTBTokenizer + punctuation removal.
-
-    Lower-cases, splits punctuation and clitics ("man's" -> "man 's", "don't" -> "do n't") and
-    drops the same punctuation tokens pycocoevalcap drops. Matches PTBTokenizer on ordinary
-    captions (the tests compare both on a set of them); rare constructs can differ.
-    """
-    text = " ".join(text.lower().split())
-    for pattern, repl in _CONTRACTIONS:
-        text = pattern.sub(repl, text)
-    tokens = [_BRACKETS.get(t, t) for t in _TOKEN_RE.findall(text)]
-    return [t for t in tokens if t not in _PTB_PUNCTUATIONS]
-
-
 def _python_tokenizer() -> tuple[Callable[[str], list[str]], str]:
-    # Prefer the project's own tokenizer so that evaluation without Java tokenises exactly like
-    # the vocabulary was built; fall back to the private copy while captioner.text is absent.
-    try:
-        from captioner.text import tokenize
-    except ImportError as exc:
-        if getattr(exc, "name", None) not in (None, "captioner.text"):
-            raise  # captioner.text exists but is itself broken: do not hide that
-        return _simple_ptb_like, _FALLBACK_TOKENIZER_NAME
+    # Without Java: the project's own PTB-like tokenizer (the one the vocabulary is built with).
+    from .text import tokenize
+
     return tokenize, _TEXT_TOKENIZER_NAME
 
 

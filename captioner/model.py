@@ -75,7 +75,7 @@ class Captioner(nn.Module):
     # --- checkpoints --------------------------------------------------------------------
     def model_state(self) -> dict[str, Any]:
         """The "model" entry of a checkpoint (encoder weights only when fine-tuned)."""
-        enc = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()} if self.encoder.fine_tuned else None
+        enc = None if self.encoder.stock_weights else {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
         return {"config": self.cfg.to_dict(), "vocab": self.vocab.state_dict(),
                 "decoder": {k: v.detach().cpu() for k, v in self.decoder.state_dict().items()},
                 "encoder": enc}
@@ -87,6 +87,7 @@ class Captioner(nn.Module):
         if state.get("encoder") is not None:
             encoder.load_state_dict({k: v.float() if v.is_floating_point() else v
                                      for k, v in state["encoder"].items()})
+            encoder.weights_from_checkpoint = True
         model = cls(cfg, Vocab.from_state_dict(state["vocab"]), encoder)
         model.decoder.load_state_dict({k: v.float() if v.is_floating_point() else v
                                        for k, v in state["decoder"].items()})

@@ -1,7 +1,6 @@
 """Encoder weights, decoder shapes / gradients, the gate, the regulariser and search properties."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -185,3 +184,18 @@ def test_never_ending_caption_stops_at_max_len():
             assert len(r.best.tokens) == 7 and not r.best.finished
     with pytest.raises(ValueError):
         search(dec, feats(1), beam_size=0)
+
+
+def test_other_backbone_from_a_weights_file(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet18", pretrained=False)
+    torch.save(ref.state_dict(), tmp_path / "resnet18.pth")
+    enc = Encoder(EncoderConfig(backbone="resnet18", stages=(3,), weights=str(tmp_path / "resnet18.pth")))
+    assert enc.grid == (14, 14) and enc.channels == 256
+    assert torch.equal(enc.body.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
+    assert enc(torch.randn(1, 3, 224, 224)).shape == (1, 196, 256)
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(EncoderWeightsError, match="does not fit"):
+        Encoder(EncoderConfig(backbone="resnet18", stages=(3,), weights=str(tmp_path / "wrong.pth")))

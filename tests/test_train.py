@@ -128,3 +128,28 @@ def test_refuses_to_resume_from_an_exported_model(trained, world, tmp_path):
     small = export_inference(out / "best.pt", tmp_path / "small.pt")
     with pytest.raises(ValueError, match="no training state"):
         train.main(tiny_args(world, tmp_path / "c", cache) + ["--resume", str(small)])
+
+
+def test_fine_tune_encoder_end_to_end(world, tmp_path, capsys):
+    out = tmp_path / "ft"
+    args = tiny_args(world, out, tmp_path / "cache", epochs=1)
+    summary = train.main(args + ["--fine-tune-encoder", "--fine-tune-blocks", "1", "--max-train-images", "16",
+                                 "--max-val-images", "4", "--batch-size", "8"])
+    assert summary["epochs_run"] == 1 and not (tmp_path / "cache").exists()  # no feature cache when fine-tuning
+    ck = load_checkpoint(out / "last.pt")
+    enc = ck["model"]["encoder"]
+    assert enc is not None  # the fine-tuned weights travel with the checkpoint
+    from captioner.model import Captioner
+
+    stock = Captioner.from_checkpoint(out / "last.pt")
+    assert not stock.encoder.stock_weights  # so evaluation runs the encoder instead of a stale cache
+    from captioner.encoder import Encoder
+
+    fresh = Encoder(stock.cfg.encoder).state_dict()
+    tuned = stock.encoder.state_dict()
+    changed = {k.split(".")[2] for k in fresh if not torch.equal(fresh[k], tuned[k])}
+    assert changed == {"4"}  # only the top block trained; frozen blocks kept even their BatchNorm statistics
+    res = evaluate.main(["--checkpoint", str(out / "last.pt"), "--shapes-dir", str(world), "--split", "val",
+                         "--max-images", "4", "--out", str(tmp_path / "ev"), "--cache-dir", str(tmp_path / "cache"),
+                         "--no-progress", "--no-meteor", "--beam", "1"])
+    assert res["info"]["images"] == 4 and not (tmp_path / "cache").exists()
