@@ -80,9 +80,9 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_l
     """Beam search for many images at once: B images x K beams run as one (B*K) batch.
 
     A finished hypothesis keeps its slot and is extended only by <pad> at no cost, so it
-    competes with the live ones by its length-normalised score until the search ends (when
-    every beam of every image has finished, or after max_len words). With K = 1 this is
-    exactly greedy search.
+    competes with the live ones by its length-normalised score until every beam of its image
+    has finished (or max_len tokens were decoded). Then the image leaves the batch, so short
+    captions do not pay for the longest one. With K = 1 this is exactly greedy search.
     """
     B, N, _ = feats.shape
     K = beam_size
@@ -90,7 +90,7 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_l
     dev = feats.device
     feats, proj = decoder.prepare(feats)
     h, c = decoder.init_state(feats)
-    # (B, ...) -> (B*K, ...): beam k of image b sits at row b*K + k.
+    # (B, ...) -> (B*K, ...): beam k of live image j sits at row j*K + k.
     feats, proj, h, c = (x.repeat_interleave(K, dim=0) for x in (feats, proj, h, c))
     tokens = torch.full((B * K,), START_ID, dtype=torch.long, device=dev)
     cum = torch.zeros(B, K, device=dev)
@@ -102,44 +102,59 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_l
     # A finished beam's only continuation: <pad> at log-probability 0.
     pad_row = torch.full((V,), float("-inf"), device=dev)
     pad_row[PAD_ID] = 0.0
-    arange_b = torch.arange(B, device=dev)[:, None]
+    alive = torch.arange(B, device=dev)  # original index of each live image
+    final: list[tuple | None] = [None] * B  # per image: (cum, length, seqs, hist) once it is done
 
     for _ in range(max_len):  # at most max_len tokens, <end> included
+        Ba = alive.numel()
+        ar = torch.arange(Ba, device=dev)[:, None]
         logits, h, c, alpha = decoder.step(tokens, h, c, feats, proj)
-        logp = _word_logp(logits).view(B, K, V)
+        logp = _word_logp(logits).view(Ba, K, V)
         logp = torch.where(finished[..., None], pad_row, logp)
-        cand = cum[..., None] + logp  # (B, K, V)
-        new_len = (length + (~finished).float())[..., None]  # (B, K, 1)
-        norm = (cand / new_len.clamp(min=1.0)).view(B, K * V)
-        top_norm, idx = norm.topk(K, dim=1)  # (B, K)
+        cand = cum[..., None] + logp  # (Ba, K, V)
+        new_len = (length + (~finished).float())[..., None]  # (Ba, K, 1)
+        norm = (cand / new_len.clamp(min=1.0)).view(Ba, K * V)
+        idx = norm.topk(K, dim=1).indices  # (Ba, K)
         beam, tok = idx // V, idx % V
-        cum = cand.view(B, K * V).gather(1, idx)
+        cum = cand.view(Ba, K * V).gather(1, idx)
         length = new_len.squeeze(2).gather(1, beam)
         was_finished = finished.gather(1, beam)
         finished = was_finished | (tok == END_ID)
-        seqs = torch.cat([seqs[arange_b, beam], tok.unsqueeze(2)], dim=2)
-        a = alpha.float().view(B, K, N)[arange_b, beam]  # (B, K, N)
+        seqs = torch.cat([seqs[ar, beam], tok.unsqueeze(2)], dim=2)
+        a = alpha.float().view(Ba, K, N)[ar, beam]  # (Ba, K, N)
         a = torch.where(was_finished[..., None], torch.zeros_like(a), a)
-        hist = torch.cat([hist[arange_b, beam], a.unsqueeze(2)], dim=2)
-        rows = (arange_b * K + beam).view(-1)
+        hist = torch.cat([hist[ar, beam], a.unsqueeze(2)], dim=2)
+        rows = (ar * K + beam).view(-1)
         h, c = h[rows], c[rows]
         tokens = tok.view(-1)
-        if bool(finished.all()):
-            break
+        done = finished.all(dim=1)  # (Ba,)
+        if bool(done.any()):
+            for j in done.nonzero().flatten().tolist():
+                final[int(alive[j])] = (cum[j], length[j], seqs[j], hist[j])
+            keep = (~done).nonzero().flatten()
+            if keep.numel() == 0:
+                break
+            # Drop the finished images' rows: later steps run only for captions still being written.
+            rows = (keep[:, None] * K + torch.arange(K, device=dev)).view(-1)
+            feats, proj, h, c, tokens = feats[rows], proj[rows], h[rows], c[rows], tokens[rows]
+            cum, length, finished, seqs, hist = cum[keep], length[keep], finished[keep], seqs[keep], hist[keep]
+            alive = alive[keep]
+    for j, b in enumerate(alive.tolist()):
+        if final[b] is None:  # still writing at max_len
+            final[b] = (cum[j], length[j], seqs[j], hist[j])
 
-    # Beams whose score is -inf never existed (fewer than K candidates): drop them.
-    score = (cum / length.clamp(min=1.0)).cpu()
-    seqs, hist, cum = seqs.cpu(), hist.cpu(), cum.cpu()
     results = []
-    for b in range(B):
+    for cum_b, len_b, seqs_b, hist_b in final:
+        cum_b, seqs_b, hist_b = cum_b.cpu(), seqs_b.cpu(), hist_b.cpu()
+        score = cum_b / len_b.cpu().clamp(min=1.0)
         hyps = []
-        for k in sorted(range(K), key=lambda k: -float(score[b, k])):
-            if not torch.isfinite(cum[b, k]):
+        for k in sorted(range(K), key=lambda k: -float(score[k])):
+            if not torch.isfinite(cum_b[k]):  # fewer than K candidates ever existed
                 continue
-            seq = seqs[b, k].tolist()
+            seq = seqs_b[k].tolist()
             is_finished = END_ID in seq
             n_words = seq.index(END_ID) if is_finished else len(seq)
-            hyps.append(Hypothesis(seq[:n_words], float(score[b, k]), hist[b, k, :n_words], is_finished))
+            hyps.append(Hypothesis(seq[:n_words], float(score[k]), hist_b[k, :n_words], is_finished))
         results.append(SearchResult(hyps[0], hyps))
     return results
 
