@@ -234,25 +234,6 @@ class Journal:
 
 # --- captioning ---------------------------------------------------------------------------------
 
-def caption_batches(model, paths: list[str], *, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN,
-                    batch_size: int = 32, workers: int = 0):
-    """Yield [(path, CaptionOutput | None, error)] per batch, in input order."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from captioner.features import ImageFileDataset
-
-    ds = ImageFileDataset(paths, model.transform(), model.cfg.encoder.image_size)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, generator=torch.Generator(),
-                        pin_memory=model.device.type == "cuda")
-    for idx, images, errors in loader:
-        good = [j for j, e in enumerate(errors) if not e]
-        if good:
-            feats = model.encode(images if len(good) == len(errors) else images[good])  # (b, N, C)
-            outs = iter(model.decode(feats, beam_size, max_len))
-        yield [(paths[int(i)], None if e else next(outs), e) for i, e in zip(idx, errors)]
-
-
 def make_record(path: str, out, error: str, beams: bool) -> dict:
     if error:
         return {"path": path, "error": error}
@@ -348,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         if new:
             journal.append(new)
         if todo:
+            from captioner.evaluation import caption_files
             from captioner.model import Captioner
             from captioner.runtime import resolve_device
 
@@ -355,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.attention_dir:
                 os.makedirs(args.attention_dir, exist_ok=True)
             start = time.monotonic()
-            for batch in caption_batches(model, todo, beam_size=args.beam, max_len=args.max_len,
-                                         batch_size=args.batch_size, workers=args.workers):
+            for batch in caption_files(model, todo, beam_size=args.beam, max_len=args.max_len,
+                                       batch_size=args.batch_size, num_workers=args.workers):
                 recs = [make_record(p, o, e, args.beams_out) for p, o, e in batch]
                 for r in recs:
                     if coco and "error" not in r:

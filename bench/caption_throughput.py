@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import caption
+from captioner.evaluation import caption_files
 from captioner.features import ImageFileDataset
 from captioner.model import Captioner
 from captioner.runtime import resolve_device
@@ -56,7 +57,7 @@ def timed(fn) -> float:
 
 def pipeline(model, paths, beam, batch_size, workers, out) -> None:
     journal = caption.Journal(out, "jsonl")
-    for batch in caption.caption_batches(model, paths, beam_size=beam, batch_size=batch_size, workers=workers):
+    for batch in caption_files(model, paths, beam_size=beam, batch_size=batch_size, num_workers=workers):
         journal.append([caption.make_record(p, o, e, False) for p, o, e in batch])
     journal.close()
     os.remove(out)

@@ -6,7 +6,7 @@ the cache when the encoder is frozen, from the images through the encoder when i
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,22 +33,38 @@ def decode_cache(model: Captioner, cache: FeatureCache, image_ids: Sequence[int]
     return out
 
 
+def caption_files(model: Captioner, paths: Sequence[str], *, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN,
+                  batch_size: int = 32, num_workers: int = 0) -> Iterator[list[tuple[str, CaptionOutput | None, str]]]:
+    """Images decoded in DataLoader workers, encoded and searched a batch at a time.
+
+    Yields, per batch and in input order, (path, output or None, error message); an unreadable
+    image carries its loader error instead of stopping the run. Used by evaluation of
+    fine-tuned encoders and by caption.py.
+    """
+    ds = ImageFileDataset(list(paths), model.transform(), model.cfg.encoder.image_size)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(),
+                        pin_memory=model.device.type == "cuda")
+    for idx, images, errors in loader:
+        good = [j for j, e in enumerate(errors) if not e]
+        outs = iter(model.decode(model.encode(images if len(good) == len(errors) else images[good]),
+                                 beam_size, max_len)) if good else iter(())
+        yield [(paths[int(i)], None if e else next(outs), e) for i, e in zip(idx, errors)]
+
+
 def decode_records(model: Captioner, records: Sequence[ImageRecord], *, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN,
                    batch_size: int = 50, num_workers: int = 0, progress: bool = False) -> dict[int, CaptionOutput]:
     """Run the encoder on the images (fine-tuned encoders); unreadable images are reported and skipped."""
-    ds = ImageFileDataset([r.path for r in records], model.transform(), model.cfg.encoder.image_size)
     out = {}
-    for idx, images, errors in tqdm(DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
-                                               generator=torch.Generator()),
-                                    desc="decode", unit="batch", disable=not progress):
-        good = [j for j, e in enumerate(errors) if not e]
-        for j, e in enumerate(errors):
-            if e:
-                log.warning("skipping unreadable image: %s", e)
-        if good:
-            outs = model.decode(model.encode(images[good]), beam_size, max_len)
-            for j, o in zip(good, outs):
-                out[records[int(idx[j])].image_id] = o
+    id_of = {r.path: r.image_id for r in records}
+    batches = caption_files(model, [r.path for r in records], beam_size=beam_size, max_len=max_len,
+                            batch_size=batch_size, num_workers=num_workers)
+    for batch in tqdm(batches, total=-(-len(records) // batch_size), desc="decode", unit="batch",
+                      disable=not progress):
+        for path, o, error in batch:
+            if error:
+                log.warning("skipping unreadable image: %s", error)
+            else:
+                out[id_of[path]] = o
     return out
 
 
