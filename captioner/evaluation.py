@@ -85,6 +85,12 @@ def score_outputs(outputs: dict[int, CaptionOutput], records: Sequence[ImageReco
                                   objs, {i: image_sizes[i] for i in refs})
         scores["grounding"] = g["grounding"]
         scores["grounding_chance"] = g["grounding_chance"]
+        rel = M.relation_accuracy(preds, objs)
+        scores["relation_accuracy"] = rel["relation_accuracy"]
+        scores["relation_rate"] = rel["relation_rate"]
+        info["relations_checked"] = rel["relations_checked"]
+        info["relation_accuracy"] = ("share of stated 'X [is] left of/right of/above/below Y' relations that are true; "
+                                     "relation_rate: share of multi-object images whose caption states one")
         info["grounding_words"] = g["grounding_words"]
         info["scene_accuracy"] = "share of images whose caption names exactly the colour-shape objects present"
         info["grounding"] = ("mean share of a colour/shape word's attention inside the named object's box; "

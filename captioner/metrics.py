@@ -346,6 +346,34 @@ def scene_accuracy(
     return hits / len(objects)
 
 
+def relation_accuracy(predictions: dict[int, str], objects: dict[int, list[dict]]) -> dict[str, float]:
+    """How often generated captions state a spatial relation, and how often it is right.
+
+    Reads "X [is] REL Y" statements (captioner.shapes.stated_relations); one is checked when X
+    and Y each name exactly one object in the image, against the same centre rule the world's
+    captions were written with. Returns relation_accuracy (NaN when nothing was checkable),
+    relations_checked, and relation_rate: the share of multi-object images whose caption states
+    at least one relation in that form.
+    """
+    from .shapes import relation, stated_relations
+
+    _check_same_ids(predictions, objects, "predictions", "objects")
+    checked = right = multi = stating = 0
+    for img_id, objs in objects.items():
+        stated = stated_relations(predictions[img_id])
+        if len(objs) > 1:
+            multi += 1
+            stating += bool(stated)
+        for subj, rel, obj in stated:
+            a = [o for o in objs if _object_key(o) == subj]
+            b = [o for o in objs if _object_key(o) == obj]
+            if len(a) == 1 and len(b) == 1 and a[0] is not b[0]:
+                checked += 1
+                right += relation(a[0], b[0]) == rel
+    return {"relation_accuracy": right / checked if checked else float("nan"),
+            "relations_checked": checked, "relation_rate": stating / multi if multi else float("nan")}
+
+
 def box_coverage_grid(
     bbox: Sequence[float], image_size: tuple[int, int], grid: tuple[int, int]
 ) -> np.ndarray:

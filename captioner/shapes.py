@@ -119,6 +119,34 @@ def object_mentions(tokens: Sequence[str]) -> list[tuple[int, tuple[str, str]]]:
     return mentions
 
 
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+
+
+def stated_relations(tokens: str | Sequence[str]) -> list[tuple[tuple[str, str], str, tuple[str, str]]]:
+    """(subject, relation, object) for every "X [is] REL Y" in a caption, X and Y (colour, shape).
+
+    Only the direct form is read ("a red circle is to the left of a blue square"); pronoun forms
+    ("... with a red circle to its left") are not, so this undercounts stated relations.
+    """
+    toks = _tokens(tokens)
+    spans = [(c_idx, s_idx, key) for c_idx, s_idx, key, _ in _scan(toks)]
+    found = []
+    for rel in RELATIONS:
+        words = rel.split()
+        for p in range(len(toks) - len(words) + 1):
+            if toks[p: p + len(words)] != words:
+                continue
+            before = [sp for sp in spans if sp[1] < p]
+            after = [sp for sp in spans if sp[0] >= p + len(words)]
+            if not before or not after:
+                continue
+            subj, obj = before[-1], after[0]
+            gap = toks[subj[1] + 1: p]
+            if gap in ([], ["is"]) and obj[0] <= p + len(words) + 3:  # X [is] REL (a|small ...) Y
+                found.append((subj[2], rel, obj[2]))
+    return found
+
+
 # --------------------------------------------------------------------------- scenes
 
 def choose_held_out(seed: int) -> list[tuple[str, str]]:
@@ -289,7 +317,7 @@ def _centre(obj: dict) -> tuple[float, float]:
     return x + w / 2, y + h / 2
 
 
-def _relation(a: dict, b: dict) -> str:
+def relation(a: dict, b: dict) -> str:
     """Where a is relative to b, along the dominant axis of their centres."""
     (ax, ay), (bx, by) = _centre(a), _centre(b)
     if abs(ax - bx) >= abs(ay - by):
@@ -354,14 +382,14 @@ def _positional(objs: list[dict]) -> str | None:
 def _relation_captions(o: list[dict]) -> list[str | None]:
     a, b = o[0], o[1]
     if len(o) == 2:
-        return [f"{_np(a)} {_relation(a, b)} {_np(b)}",
-                f"{_np(a)} is {_relation(a, b)} {_np(b)}",
-                f"{_np(b)} with {_np(a)} {_PRONOUN[_relation(a, b)]}",
+        return [f"{_np(a)} {relation(a, b)} {_np(b)}",
+                f"{_np(a)} is {relation(a, b)} {_np(b)}",
+                f"{_np(b)} with {_np(a)} {_PRONOUN[relation(a, b)]}",
                 _positional(o)]
     c = o[2]
-    return [f"{_np(a)} {_relation(a, b)} {_np(b)} and {_np(c)} {_relation(c, b)} it",
-            f"{_np(b)} is {_relation(b, a)} {_np(a)} and {_relation(b, c)} {_np(c)}",
-            f"{_np(b)} with {_np(a)} {_PRONOUN[_relation(a, b)]} and {_np(c)} {_PRONOUN[_relation(c, b)]}",
+    return [f"{_np(a)} {relation(a, b)} {_np(b)} and {_np(c)} {relation(c, b)} it",
+            f"{_np(b)} is {relation(b, a)} {_np(a)} and {relation(b, c)} {_np(c)}",
+            f"{_np(b)} with {_np(a)} {_PRONOUN[relation(a, b)]} and {_np(c)} {_PRONOUN[relation(c, b)]}",
             _positional(o)]
 
 

@@ -345,3 +345,24 @@ def test_with_real_shapes_module():
     assert out["grounding_words"] >= 1
     assert out["grounding"] == pytest.approx(1.0)
     assert out["grounding_chance"] == pytest.approx(0.25)
+
+
+def test_relation_accuracy_on_hand_made_scenes():
+    pytest.importorskip("captioner.shapes")
+    objs = {1: [{"colour": "red", "shape": "circle", "size": "small", "bbox": [10, 100, 20, 20]},
+                {"colour": "blue", "shape": "square", "size": "large", "bbox": [150, 90, 50, 50]}],
+            2: [{"colour": "green", "shape": "star", "size": "large", "bbox": [100, 10, 60, 60]},
+                {"colour": "cyan", "shape": "cross", "size": "small", "bbox": [110, 160, 30, 30]}],
+            3: [{"colour": "red", "shape": "circle", "size": "small", "bbox": [10, 10, 20, 20]}]}
+    preds = {1: "a small red circle is to the left of a large blue square",  # true
+             2: "a large green star below a small cyan cross",  # false: the star is above
+             3: "a small red circle"}  # one object: no relation expected
+    r = M.relation_accuracy(preds, objs)
+    assert r["relations_checked"] == 2 and r["relation_accuracy"] == pytest.approx(0.5)
+    assert r["relation_rate"] == pytest.approx(1.0)
+    preds[2] = "a large green star and a small cyan cross"
+    r = M.relation_accuracy(preds, objs)
+    assert r["relation_accuracy"] == 1.0 and r["relation_rate"] == pytest.approx(0.5)
+    preds[1] = "a small purple circle is to the left of a large blue square"  # names an absent object
+    r = M.relation_accuracy(preds, objs)
+    assert r["relations_checked"] == 0 and math.isnan(r["relation_accuracy"])

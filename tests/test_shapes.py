@@ -119,13 +119,28 @@ def test_captions_state_counts_and_relations(world):
                 assert sum(any(r in c for r in relations) for c in caps) >= 2, caps
 
 
+def test_stated_relations_of_the_references_are_true(world):
+    """The relation parser reads the world's own captions back, and every checkable one is true."""
+    from captioner.metrics import relation_accuracy
+
+    checked = 0
+    for split in SPLITS:
+        objects = load_objects(world / "annotations" / f"instances_{split}.json")
+        caps = _captions(world, split)
+        for k in range(5):
+            r = relation_accuracy({i: c[k] for i, c in caps.items()}, objects)
+            checked += r["relations_checked"]
+            assert r["relations_checked"] == 0 or r["relation_accuracy"] == 1.0
+    assert checked >= 10
+
+
 def test_relation_follows_centres():
     left = {"colour": "red", "shape": "circle", "size": "small", "bbox": [10, 100, 30, 30]}
     right = {"colour": "blue", "shape": "square", "size": "large", "bbox": [120, 90, 70, 70]}
     top = {"colour": "green", "shape": "star", "size": "small", "bbox": [60, 5, 30, 30]}
-    assert shapes._relation(left, right) == "to the left of"
-    assert shapes._relation(right, left) == "to the right of"
-    assert shapes._relation(top, left) == "above" and shapes._relation(left, top) == "below"
+    assert shapes.relation(left, right) == "to the left of"
+    assert shapes.relation(right, left) == "to the right of"
+    assert shapes.relation(top, left) == "above" and shapes.relation(left, top) == "below"
 
 
 def test_coco_and_karpathy_files(world):

@@ -107,7 +107,8 @@ def test_evaluate_main_writes_predictions_and_metrics(trained, world, tmp_path, 
                          "--out", str(tmp_path), "--cache-dir", str(cache), "--no-progress", "--beam", "2"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     line = json.loads(last)
-    expected = set(METRIC_KEYS) | {"scene_accuracy", "grounding", "grounding_chance"}
+    expected = set(METRIC_KEYS) | {"scene_accuracy", "grounding", "grounding_chance", "relation_accuracy",
+                                   "relation_rate"}
     if res["info"].get("skipped", {}).get("METEOR"):
         expected.discard("METEOR")
     assert set(line) == expected
