@@ -149,6 +149,12 @@ def cached_features(encoder: Encoder, records: Sequence[ImageRecord], cache_root
     return build_feature_cache(encoder, records, folder, **kw)
 
 
+def _pick(seed: int, epoch: int, index: int, n: int) -> int:
+    """Which of n reference captions item `index` uses this epoch: random, but a function of
+    (seed, epoch, index) alone, so any worker and any resumed run draws the same one."""
+    return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index).randrange(n)
+
+
 class CaptionFeatureDataset(Dataset):
     """(features, caption tokens) pairs from a feature cache.
 
@@ -179,7 +185,7 @@ class CaptionFeatureDataset(Dataset):
     def __getitem__(self, i: int):
         if self.per_image == "one":
             k = i
-            j = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i).randrange(len(self.captions[k]))
+            j = _pick(self.seed, self.epoch, i, len(self.captions[k]))
         else:
             k, j = self.pairs[i]
         feats = torch.from_numpy(np.array(self.cache.features(self.image_ids[k])))  # (N, C) fp16
@@ -208,7 +214,7 @@ class ImageCaptionDataset(Dataset):
         if error:
             log.warning("skipping unreadable image: %s", error)
             return None
-        j = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i).randrange(len(self.captions[i]))
+        j = _pick(self.seed, self.epoch, i, len(self.captions[i]))
         return image, torch.tensor(self.captions[i][j], dtype=torch.long)
 
 

@@ -20,7 +20,6 @@ class DataSource:
     splits: dict[str, list[ImageRecord]]
     objects: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # split -> image_id -> objects (shapes)
     image_sizes: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # split -> id -> (W, H)
-    kind: str = "custom"
 
     def split(self, name: str) -> list[ImageRecord]:
         if name not in self.splits:
@@ -51,7 +50,7 @@ def shapes_source(root: str | os.PathLike = "data/shapes", seed: int = 0, genera
         inst = root / "annotations" / f"instances_{s}.json"
         objects[s] = shapes.load_objects(inst)
         sizes_[s] = _image_sizes(inst)
-    return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}", splits, objects, sizes_, kind="shapes")
+    return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}", splits, objects, sizes_)
 
 
 def _image_sizes(coco_json: Path) -> dict[int, tuple[int, int]]:
@@ -62,7 +61,7 @@ def _image_sizes(coco_json: Path) -> dict[int, tuple[int, int]]:
 def karpathy_source(split_file: str | os.PathLike, image_root: str | os.PathLike,
                     merge_restval: bool = True) -> DataSource:
     splits = read_karpathy(split_file, image_root, merge_restval=merge_restval)
-    return DataSource(f"{Path(split_file).stem}-{_path_tag(split_file, image_root)}", splits, kind="karpathy")
+    return DataSource(f"{Path(split_file).stem}-{_path_tag(split_file, image_root)}", splits)
 
 
 def coco_source(captions: dict[str, str | os.PathLike], images: dict[str, str | os.PathLike]) -> DataSource:
@@ -73,4 +72,4 @@ def coco_source(captions: dict[str, str | os.PathLike], images: dict[str, str | 
             raise ValueError(f"no image folder given for split '{split}' (use --images {split}=DIR)")
         splits[split] = read_coco_captions(ann, images[split], split)
     tag = _path_tag(*[str(captions[s]) for s in sorted(captions)], *[str(images[s]) for s in sorted(images)])
-    return DataSource(f"coco-{tag}", splits, kind="coco")
+    return DataSource(f"coco-{tag}", splits)

@@ -5,13 +5,11 @@ import csv
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from procs import kill_when
 
 import caption
 from cli import DEFAULT_CHECKPOINT
@@ -195,18 +193,9 @@ def test_every_format_parses_and_coco_scores(world, images, tmp_path):
 def test_resume_after_sigkill_and_a_torn_line(images, tmp_path, fmt):
     out = tmp_path / f"caps.{fmt}"
     args = [*map(str, images), "--out", str(out), "--batch-size", "2", "--workers", "0", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "caption.py", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     header = 1 if fmt == "csv" else 0
-    try:
-        deadline = time.time() + 120
-        while not (out.exists() and out.read_bytes().count(b"\n") > header):
-            assert proc.poll() is None, "caption.py exited before its first record"
-            assert time.time() < deadline
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)  # a real, unclean kill
-    finally:
-        proc.wait()
+    kill_when([sys.executable, "caption.py", *args],
+              lambda: out.exists() and out.read_bytes().count(b"\n") > header, "its first record", timeout=120)
     lines = out.read_bytes().count(b"\n") - header
     assert 1 <= lines < len(images), "the run finished before it could be killed"
     first = out.read_text().splitlines()[header:]

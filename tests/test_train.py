@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from procs import kill_when
 import torch
 import yaml
 
@@ -79,16 +76,7 @@ def test_resume_after_kill_matches_uninterrupted_run(world, trained, tmp_path):
     ref_out, cache, ref = trained
     out = tmp_path / "b"
     cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(world, out, cache)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not (out / "last.pt").exists():
-            assert proc.poll() is None, "training exited before its first checkpoint"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)  # a real, unclean kill
-    finally:
-        proc.wait()
+    kill_when(cmd, (out / "last.pt").exists, "its first checkpoint")
     done = load_checkpoint(out / "last.pt")["train"]["epoch"] + 1
     assert done < 5, "the run finished before it could be killed"
     resumed = train.main(tiny_args(world, out, cache) + ["--resume", str(out / "last.pt")])
