@@ -21,6 +21,7 @@ CELL_PX = 8  # working resolution, pixels per grid cell: smooth enough, and chea
 SIGMA_CELLS = 0.5  # Gaussian smoothing, in grid cells
 PAD = 6  # pixels between and around the tiles of a figure
 LABEL_LINES = 3  # text lines under every tile (the image's caption wraps onto up to 3 lines)
+LUT_SIZE = 1024  # entries of a colour map's lookup table: steps of 1/1023, below one colour level
 
 # Colour maps as (position, (r, g, b)) control points, linearly interpolated.
 _CMAPS: dict[str, list[tuple[float, tuple[float, float, float]]]] = {
@@ -72,26 +73,37 @@ def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return x.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=len(_CMAPS))
+def _lut(cmap: str) -> np.ndarray:
+    """(LUT_SIZE, 3) uint8 colours of a named map, sampled evenly over [0, 1]."""
+    pos = [p for p, _ in _CMAPS[cmap]]
+    x = np.linspace(0.0, 1.0, LUT_SIZE)
+    rgb = np.stack([np.interp(x, pos, [c[i] for _, c in _CMAPS[cmap]]) for i in range(3)], axis=-1)
+    return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+
+
 def colormap(heat: np.ndarray, cmap: Cmap = "jet") -> np.ndarray:
     """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours."""
     if callable(cmap):
         rgb = np.asarray(cmap(heat), dtype=np.float32)
-    else:
-        if cmap not in _CMAPS:
-            raise ValueError(f"unknown colour map {cmap!r}; choose one of {sorted(_CMAPS)} or pass a function")
-        pos = [p for p, _ in _CMAPS[cmap]]
-        rgb = np.stack([np.interp(heat, pos, [c[i] for _, c in _CMAPS[cmap]]) for i in range(3)], axis=-1)
-    return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    if cmap not in _CMAPS:
+        raise ValueError(f"unknown colour map {cmap!r}; choose one of {sorted(_CMAPS)} or pass a function")
+    # A table lookup instead of interpolating every pixel: 5x faster on a 512x384 map (the web
+    # UI draws one per word per request), and within one colour level of the exact colours.
+    # (take() with small integer indices is several times faster than fancy indexing here.)
+    h = np.nan_to_num(np.asarray(heat, dtype=np.float32))
+    idx = np.clip(h * (LUT_SIZE - 1) + 0.5, 0, LUT_SIZE - 1).astype(np.uint16)
+    return _lut(cmap).take(idx, axis=0)
 
 
 def overlay(image: Image.Image, alpha: np.ndarray, alpha_strength: float = 0.6, cmap: Cmap = "jet") -> Image.Image:
     """The image (RGB, same size) with the heat map of `alpha` (h, w) blended over it."""
-    img = image.convert("RGB")
+    img = image if image.mode == "RGB" else image.convert("RGB")
     heat = attention_heatmap(alpha, img.size)
-    colours = colormap(heat, cmap).astype(np.float32)  # (H, W, 3)
-    base = np.asarray(img, dtype=np.float32)
-    out = (1.0 - alpha_strength) * base + alpha_strength * colours
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    colours = Image.fromarray(colormap(heat, cmap))  # (H, W, 3)
+    # PIL blends uint8 in C, without float copies of both images: a third of the time of numpy.
+    return Image.blend(img, colours, alpha_strength)
 
 
 # --- figures ----------------------------------------------------------------------------------

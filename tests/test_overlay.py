@@ -92,3 +92,17 @@ def test_figure_labels_and_errors():
     assert (np.asarray(fig.convert("L")) < 100).any()
     with pytest.raises(ValueError, match="T = 2"):
         attention_figure(img, ["a", "b"], np.zeros((3, 7, 7)))
+
+
+@pytest.mark.parametrize("cmap", ["jet", "hot", "gray"])
+def test_colormap_table_is_within_one_level_of_exact_interpolation(cmap):
+    from captioner.overlay import _CMAPS
+
+    heat = np.concatenate([np.linspace(0, 1, 5001), np.random.default_rng(0).random(5000)]).astype(np.float32)
+    pos = [p for p, _ in _CMAPS[cmap]]
+    exact = np.stack([np.interp(heat, pos, [c[i] for _, c in _CMAPS[cmap]]) for i in range(3)], axis=-1)
+    exact = np.rint(exact * 255).astype(int)
+    got = colormap(heat[None], cmap)[0].astype(int)
+    assert got.shape == exact.shape and np.abs(got - exact).max() <= 1
+    assert colormap(np.array([[-0.5, np.nan, 2.0]]), cmap).tolist()[0] == [exact[0].tolist(), exact[0].tolist(),
+                                                                         exact[5000].tolist()]  # clamped
