@@ -1,0 +1,397 @@
+"""The web UI: caption an image and show where the model looked for each word.
+
+    python serve.py                                   # the bundled demo model at http://127.0.0.1:7860
+    python serve.py --checkpoint runs/coco/best.pt    # a COCO-trained model
+    python serve.py --host 0.0.0.0 --port 8080        # reachable from other machines (no login: think first)
+
+This file owns the Gradio app: its layout, the named API endpoint /caption (JSON for
+gradio_client) and the limits the server is launched with. The work is the project's one path:
+`images.load_image` (the safe loader), the model's transform, encoder and beam search
+(`Captioner.encode` / `decode`) and `overlay` (the attention renderer caption.py uses too).
+The model is loaded in main(), never at import; build_demo(captioner) returns the gr.Blocks.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import functools
+import io
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gradio as gr
+import numpy as np
+from gradio import processing_utils
+from gradio.utils import get_upload_folder
+from PIL import Image
+
+from captioner.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from captioner.model import Captioner, CaptionOutput
+from captioner.overlay import attention_figure, overlay
+from captioner.search import DEFAULT_MAX_LEN
+from cli import DEFAULT_CHECKPOINT, ROOT, setup_logging
+
+log = logging.getLogger("serve")
+
+EXAMPLES_DIR = ROOT / "examples"
+EXAMPLES = ["shapes-one.jpg", "shapes-two.jpg", "shapes-three.jpg", "chelsea.jpg", "astronaut.jpg", "coffee.jpg"]
+VIEW_SIDE = 512  # overlays are drawn with this long side: the large view's size, and cheap enough per word
+SEP = " · "  # between a word's number and the word in the gallery captions
+
+DEMO_NOTE = """\
+**This is the bundled demo model, and it knows only the shapes world**: coloured shapes on
+textured backgrounds, like the first three examples. It describes any photo as shapes. For real
+photos, train on COCO (see the README) and load that checkpoint:
+`python serve.py --checkpoint runs/coco/best.pt`."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server. Every field is a command-line option."""
+    max_upload_mb: float = 10.0  # Gradio refuses bigger uploads before storing them
+    max_pixels: int = DEFAULT_MAX_PIXELS  # checked from the header, before decoding: stops decompression bombs
+    min_side: int = 16  # smaller images hold nothing to caption
+    max_aspect: float = 10.0  # longer strips are squashed past recognition by the square resize
+    max_beam: int = 10
+    max_len: int = 50  # tokens per caption, <end> included
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@dataclass
+class Captioned:
+    """One request's result: the image as loaded (upright RGB), its caption, the time of each stage."""
+    name: str  # the upload's file name
+    image: Image.Image
+    out: CaptionOutput
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class FigureJob(NamedTuple):
+    """What the figure step needs from the Caption step."""
+    name: str
+    view: Image.Image  # the image at VIEW_SIDE
+    out: CaptionOutput
+    seconds: dict[str, float]
+    size: tuple[int, int]  # of the image as loaded
+
+
+def image_input(**kwargs: Any) -> gr.Image:
+    """A gr.Image whose handler gets the uploaded file itself, as a path.
+
+    gr.Image's own preprocess opens every upload with PIL before the handler runs (failing with
+    its own message on a broken file) and, unless image_mode is None, converts and re-saves it
+    (RGBA flattened on black). Our one safe loader must see the bytes as they were sent. (An
+    instance attribute, not a subclass: Gradio writes a .pyi stub next to the module of every
+    Component subclass, here into the repository, on import.)
+    """
+    image = gr.Image(type="filepath", **kwargs)
+    image.preprocess = functools.partial(_uploaded_path, image.GRADIO_CACHE)
+    return image
+
+
+def _uploaded_path(cache_dir: str, payload: Any) -> str | None:
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):  # an inline image: keep its bytes as sent
+        return _save_data_url(payload.url, cache_dir)
+    return payload.path
+
+
+def _save_data_url(url: str, cache_dir: str) -> str:
+    head, _, data = url.partition(",")
+    try:
+        raw = base64.b64decode(data, validate=True) if head.endswith(";base64") else data.encode()
+    except binascii.Error as e:
+        raise gr.Error(f"the inline image is not valid base64 ({e})") from e
+    return processing_utils.save_bytes_to_cache(raw, "inline-image.bin", cache_dir)
+
+
+# --- the work: shared by the UI and the API ----------------------------------------------------
+
+class CaptionService:
+    """Loads, captions and (for the UI) draws one image; every failure a person can cause is a gr.Error."""
+
+    def __init__(self, captioner: Captioner, limits: Limits = Limits()):
+        self.captioner, self.limits = captioner, limits
+        self.transform = captioner.transform()
+
+    def run(self, path: str | None, beam_size: float, max_len: float) -> Captioned:
+        """The one function behind both the Caption button and /caption."""
+        start = time.perf_counter()
+        beam_size, max_len = self._check_request(path, beam_size, max_len)
+        name = Path(path).name  # the upload's own name: the server's folders stay out of messages
+        lim = self.limits
+        try:
+            image = load_image(path, max_pixels=lim.max_pixels, max_bytes=lim.max_bytes, min_side=lim.min_side,
+                               max_aspect=lim.max_aspect, name=name)
+        except ImageLoadError as e:
+            log.info("refused: %s", e)
+            raise gr.Error(str(e), title="Cannot caption this image") from None
+        loaded = time.perf_counter()
+        # Captioner.caption() without its load_image: the image was just loaded, with the server's limits.
+        feats = self.captioner.encode(self.transform(image)[None])  # (1, N, C)
+        out = self.captioner.decode(feats, beam_size, max_len)[0]
+        done = time.perf_counter()
+        return Captioned(name, image, out, {"load": loaded - start, "model": done - loaded})
+
+    def _check_request(self, path: str | None, beam_size: float, max_len: float) -> tuple[int, int]:
+        if not path:
+            raise gr.Error("No image: upload, paste or take a picture first.", title="No image")
+        lim = self.limits
+        for what, value, top in (("beam size", beam_size, lim.max_beam), ("maximum length", max_len, lim.max_len)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value) \
+                    or not 1 <= value <= top:
+                raise gr.Error(f"{what} must be a whole number from 1 to {top}, got {value!r}", title="Bad request")
+        return int(beam_size), int(max_len)
+
+    def api(self, path: str | None, beam_size: float = 3, max_len: float = DEFAULT_MAX_LEN) -> dict[str, Any]:
+        """/caption: the caption, its tokens, every token's attention grid and the beams, as JSON."""
+        start = time.perf_counter()
+        r = self.run(path, beam_size, max_len)
+        result = result_json(r, self.captioner.grid)
+        result["seconds"] = round(time.perf_counter() - start, 4)  # on the server, transfers not included
+        log.info("/caption %s: %d words in %.0f ms", _size(r.image), len(r.out.words), 1e3 * result["seconds"])
+        return result
+
+    def ui(self, path: str | None, beam_size: float, max_len: float) -> tuple:
+        """The Caption button: the caption, every word's overlay, the beams; the figure follows."""
+        r = self.run(path, beam_size, max_len)
+        t0 = time.perf_counter()
+        view = view_image(r.image)
+        tiles = [(overlay(view, a), f"{i}{SEP}{w}") for i, (w, a) in enumerate(zip(r.out.words, r.out.alphas), 1)]
+        r.seconds["overlays"] = time.perf_counter() - t0
+        log.info("caption %s: %d words in %.0f ms", _size(r.image), len(tiles), 1e3 * sum(r.seconds.values()))
+        # What the figure step needs, kept in the session until it runs: the small view, not the upload.
+        job = FigureJob(r.name, view, r.out, r.seconds, r.image.size)
+        return (r.out.text or "(an empty caption)", timing_text(r.seconds, r.image.size, len(tiles)),
+                word_view(tiles, 1), gr.update(value=1, maximum=max(1, len(tiles))), tiles,
+                [[text, round(score, 3)] for text, score in r.out.beams], None, job)
+
+    def figure(self, job: FigureJob | None) -> tuple:
+        """Then the PNG figure: a separate step, so the page shows the overlays without waiting for it.
+
+        PNG-encoding a photo figure costs about as much as all the overlays together.
+        """
+        if job is None:
+            return None, gr.update(), None
+        t0 = time.perf_counter()
+        path = save_figure(job.view, job.out, Path(job.name).stem)
+        seconds = {**job.seconds, "figure": time.perf_counter() - t0}
+        return path, timing_text(seconds, job.size, len(job.out.words)), None  # done: drop the job from the session
+
+
+def _size(image: Image.Image) -> str:
+    return f"{image.width}x{image.height}"
+
+
+def result_json(r: Captioned, grid: tuple[int, int]) -> dict[str, Any]:
+    out = r.out
+    return {
+        "caption": out.text,
+        "tokens": out.words,
+        "score": round(out.score, 4),  # length-normalised log-probability
+        "finished": out.finished,  # False: cut at the maximum length before <end>
+        "grid": list(grid),  # [h, w] of every attention map
+        "attention": np.round(out.alphas, 5).tolist(),  # (tokens, h, w); rows top to bottom
+        "beams": [{"caption": text, "score": round(score, 4)} for text, score in out.beams],
+        "image_size": [r.image.width, r.image.height],  # upright, as captioned
+    }
+
+
+def view_image(image: Image.Image) -> Image.Image:
+    """The image scaled to VIEW_SIDE on its long side: overlays of a 40 MP photo would take seconds."""
+    s = VIEW_SIDE / max(image.size)
+    size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def save_figure(view: Image.Image, out: CaptionOutput, stem: str) -> str:
+    """The PNG of every word's attention (the same figure caption.py writes), in Gradio's cache."""
+    buf = io.BytesIO()
+    attention_figure(view, out.words, out.alphas, caption=out.text).save(buf, "PNG", compress_level=1)
+    return processing_utils.save_bytes_to_cache(buf.getvalue(), f"{stem}-attention.png", get_upload_folder())
+
+
+def timing_text(seconds: dict[str, float], size: tuple[int, int], n_words: int) -> str:
+    ms = {k: f"{1e3 * v:.0f} ms" for k, v in seconds.items()}
+    text = (f"**{1e3 * (seconds['load'] + seconds['model'] + seconds['overlays']):.0f} ms** on the server: "
+            f"reading the image {ms['load']}, model {ms['model']}, overlays {ms['overlays']}")
+    if "figure" in ms:
+        text += f", then the PNG figure {ms['figure']}"
+    return text + f" ({size[0]}x{size[1]} pixels, {n_words} words)"
+
+
+# --- following the selected word ---------------------------------------------------------------
+
+def word_view(tiles: list[tuple[Any, str]] | None, k: float) -> Any:
+    """The large view of word k (1-based) of the gallery's (image, caption) tiles."""
+    if not tiles:
+        return gr.update(value=None, label="Attention")
+    k = min(max(int(k), 1), len(tiles))
+    image, caption = tiles[k - 1]
+    word = caption.split(SEP, 1)[-1]
+    return gr.update(value=image, label=f"Where the model looked for word {k} of {len(tiles)}: \u201c{word}\u201d")
+
+
+def select_word(tiles: list[tuple[str, str]] | None, evt: gr.SelectData) -> tuple[Any, int]:
+    return word_view(tiles, evt.index + 1), evt.index + 1
+
+
+def scrub_word(tiles: list[tuple[str, str]] | None, k: float) -> Any:
+    return word_view(tiles, k)
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+def example_images(folder: Path = EXAMPLES_DIR) -> list[str]:
+    return [str(folder / n) for n in EXAMPLES if (folder / n).is_file()]
+
+
+def build_demo(captioner: Captioner, limits: Limits = Limits(), *, demo_model: bool = False,
+               examples: list[str] | None = None) -> gr.Blocks:
+    """The app; launch() it (serve.launch() adds the queue and the limits). Nothing runs until then."""
+    service = CaptionService(captioner, limits)
+    examples = example_images() if examples is None else examples
+    with gr.Blocks(title="captioner", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown("# captioner\nShow, Attend and Tell: a caption for your image, and for every word "
+                    "the part of the image the model looked at.")
+        if demo_model:
+            gr.Markdown(DEMO_NOTE, elem_id="demo-note")
+        with gr.Row():
+            with gr.Column(scale=2):
+                image = image_input(label="Image", sources=["upload", "clipboard", "webcam"], elem_id="input-image",
+                                    height=340)
+                beam = gr.Slider(1, limits.max_beam, value=min(3, limits.max_beam), step=1, label="Beam size",
+                                 info="1 is greedy decoding", elem_id="beam-size")
+                max_len = gr.Slider(1, limits.max_len, value=min(DEFAULT_MAX_LEN, limits.max_len), step=1,
+                                    label="Maximum caption length (tokens)", elem_id="max-len")
+                button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                if examples:
+                    gr.Examples([[p] for p in examples], inputs=[image], examples_per_page=len(examples),
+                                label="Examples: the shapes world, then photos")
+            with gr.Column(scale=3):
+                caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption-text")
+                timing = gr.Markdown(elem_id="timing")
+                big = gr.Image(label="Attention", type="pil", format="jpeg", interactive=False, height=420,
+                               elem_id="word-view")
+                word = gr.Slider(1, limits.max_len, value=1, step=1, label="Word (drag to scrub through the caption)",
+                                 elem_id="word-slider")
+                gallery = gr.Gallery(label="Every word's attention: click one for the large view", columns=6,
+                                     format="jpeg", type="filepath", allow_preview=False, object_fit="contain",
+                                     height="auto", interactive=False, elem_id="word-gallery")
+                beams = gr.Dataframe(headers=["caption", "score"], datatype=["str", "number"], interactive=False,
+                                     label="Beams, best first (score: mean log-probability per word)",
+                                     column_widths=["85%", "15%"], wrap=True, elem_id="beams")
+                figure = gr.File(label="Figure of every word (PNG)", interactive=False, height=90, elem_id="figure")
+        figure_job = gr.State(None, time_to_live=60)  # a job never fetched (an API caller's) expires
+        api_result = gr.JSON(visible=False)
+        api_trigger = gr.Button(visible=False)  # /caption has no button of its own on the page
+
+        # Both caption events share one concurrency group: the queue's default limit bounds the model.
+        # The page's event is callable (undocumented) so bench/serve_latency.py can time what a person waits for.
+        shown = [caption, timing, big, word, gallery, beams, figure, figure_job]
+        button.click(service.ui, [image, beam, max_len], shown, api_name="caption_ui", api_visibility="undocumented",
+                     concurrency_id="model").success(
+            service.figure, [figure_job], [figure, timing, figure_job], api_visibility="private",
+            concurrency_id="figure", show_progress="hidden")
+        api_trigger.click(service.api, [image, beam, max_len], api_result, api_name="caption",
+                          concurrency_id="model")
+        gallery.select(select_word, [gallery], [big, word], api_visibility="private", concurrency_limit=4)
+        word.input(scrub_word, [gallery, word], [big], api_visibility="private", concurrency_limit=4,
+                   show_progress="hidden")
+    return demo
+
+
+def launch(demo: gr.Blocks, args: argparse.Namespace, *, block: bool = True):
+    """Start the server with the safety limits from args; block=False returns once it listens."""
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
+    return demo.launch(
+        server_name=args.host, server_port=args.port, share=False, prevent_thread_lock=not block,
+        max_file_size=int(args.max_upload_mb * 1024 * 1024),
+        enable_monitoring=False,  # no /monitoring dashboard
+        show_error=False,  # gr.Error messages reach the page; unexpected exceptions stay in the log
+        mcp_server=False, ssr_mode=False, pwa=False, quiet=not block)
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+LIMIT_HELP = {  # option -> help; defaults from Limits
+    "max_upload_mb": "largest upload, in MB (default %(default)s)",
+    "max_pixels": "largest image, in pixels, checked before decoding (default %(default)s)",
+    "min_side": "smallest image side, in pixels (default %(default)s)",
+    "max_aspect": "most elongated image, long side / short side (default %(default)s)",
+    "max_beam": "widest beam a request may ask for (default %(default)s)",
+    "max_len": "longest caption a request may ask for, in tokens (default %(default)s)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model (default: the bundled demo model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    lim = p.add_argument_group("limits")
+    for name, text in LIMIT_HELP.items():
+        default = getattr(Limits(), name)
+        lim.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)
+    lim.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are refused "
+                     "(default %(default)s)")
+    lim.add_argument("--concurrency", type=int, default=1, help="requests captioned at once (default %(default)s: "
+                     "on a CPU one request already keeps every core busy)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in [*LIMIT_HELP, "queue_size", "concurrency"]:
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.max_aspect < 1:
+        parser.error("--max-aspect is long side / short side: at least 1")
+    if not 1 <= args.port <= 65535:
+        parser.error("--port must be between 1 and 65535")
+    return args
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(**{name: getattr(args, name) for name in LIMIT_HELP})
+
+
+def is_demo_model(checkpoint: str) -> bool:
+    return Path(checkpoint).resolve() == DEFAULT_CHECKPOINT.resolve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
+    from captioner.checkpoint import CheckpointError
+    from captioner.runtime import resolve_device
+
+    start = time.monotonic()
+    try:
+        captioner = Captioner.from_checkpoint(args.checkpoint, resolve_device(args.device))
+    except (CheckpointError, RuntimeError, ValueError) as e:
+        print(f"serve.py: error: {e}", file=sys.stderr)
+        return 2
+    # The first call pays for torch's lazy set-up per tensor shape; pay it before anyone waits.
+    captioner.caption([Image.new("RGB", (64, 64))], beam_size=3, max_len=3)
+    log.info("model %s on %s ready in %.1f s", args.checkpoint, captioner.device, time.monotonic() - start)
+    demo = build_demo(captioner, limits_from(args), demo_model=is_demo_model(args.checkpoint))
+    launch(demo, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
