@@ -7,6 +7,7 @@
         --images train=data/coco/train2014 --images val=data/coco/val2014 --out runs/coco2014
     python train.py --config my.yaml --epochs 3                      # YAML sets defaults, flags override
     python train.py --resume runs/coco/last.pt                       # continue a killed run
+    torchrun --nproc_per_node=4 train.py --karpathy-json ... --resume auto   # DDP on 4 GPUs (see README)
 
 Precedence: built-in defaults < --preset < --config YAML < command-line flags. The resolved
 configuration is written to OUT/config.yaml.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import yaml
@@ -53,7 +54,11 @@ HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "precision": "CUDA autocast dtype: auto (bf16 where supported), bf16, fp16, fp32 (CPU is always fp32)",
     "workers": "DataLoader worker processes",
-    "resume": "continue the run saved in this last.pt (same config)",
+    "resume": "continue the run saved in this last.pt (same config); 'auto': OUT/last.pt if it exists, "
+              "else start afresh (what torchrun's --max-restarts needs)",
+    "batch_size": "global batch size: under torchrun each of the N processes takes batch_size / N",
+    "compile": "torch.compile the encoder (when fine-tuning) and the decoder's one-word step; never the decode loop",
+    "cudnn_benchmark": "let cuDNN time and pick convolution kernels for the fixed input size (CUDA only)",
 }
 
 
@@ -121,26 +126,40 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from captioner import distributed
+
     args = parse_args(argv)
-    setup_logging()
     cfg = train_config(args)
-    source = data_source(args)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {k: v for k, v in vars(args).items() if k not in ("config",)}
-    resolved.update(asdict(cfg))
-    resolved["stages"] = list(cfg.stages)
-    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    dist, device = distributed.setup(cfg.device)
+    setup_logging(logging.INFO if dist.main else logging.WARNING)  # one process speaks for the run
+    cfg = replace(cfg, device=device)
+    try:
+        if dist.main:
+            source = data_source(args)  # may generate the shapes world: once, before the others look
+        distributed.barrier(dist)
+        if not dist.main:
+            source = data_source(args)
+        out = Path(cfg.out)
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            resolved = {k: v for k, v in vars(args).items() if k not in ("config",)}
+            resolved.update(asdict(cfg))
+            resolved["stages"] = list(cfg.stages)
+            resolved["world_size"] = dist.world
+            (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-    from captioner.training import train
+        from captioner.training import train
 
-    summary = train(cfg, source)
-    if args.export:
-        from captioner.checkpoint import export_inference
+        summary = train(cfg, source, dist)
+        if args.export and dist.main:
+            from captioner.checkpoint import export_inference
 
-        export_inference(out / "best.pt", args.export)
-        logging.getLogger("train").info("exported %s -> %s", out / "best.pt", args.export)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+            export_inference(out / "best.pt", args.export)
+            logging.getLogger("train").info("exported %s -> %s", out / "best.pt", args.export)
+    finally:
+        distributed.cleanup(dist)
+    if dist.main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return summary
 
 

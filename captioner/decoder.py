@@ -107,6 +107,15 @@ class Decoder(nn.Module):
         logits = self.L_o(self.dropout(torch.tanh(emb + self.L_h(self.dropout(h)) + self.L_z(context))))
         return logits, h, c, alpha
 
+    def compile_step(self, **kwargs) -> None:
+        """torch.compile the one-word step that teacher forcing repeats (fixed shapes within a batch).
+
+        Only the training forward uses it: search keeps the eager step, since beam search changes
+        the batch as images finish and the decode loop itself is never compiled. The module and its
+        state_dict are unchanged (the compiled function is not a submodule).
+        """
+        self._compiled_step = torch.compile(self.step, **kwargs)
+
     # --- teacher forcing ----------------------------------------------------------------
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor):
         """feats (B, N, C); tokens (B, T) = <start> w1 .. <end> <pad>.. -> logits (B, T-1, V), alphas (B, T-1, N).
@@ -116,9 +125,10 @@ class Decoder(nn.Module):
         """
         feats, proj = self.prepare(feats)
         h, c = self.init_state(feats)
+        step = self.__dict__.get("_compiled_step", self.step)
         logits, alphas = [], []
         for t in range(tokens.shape[1] - 1):
-            lt, h, c, at = self.step(tokens[:, t], h, c, feats, proj)
+            lt, h, c, at = step(tokens[:, t], h, c, feats, proj)
             logits.append(lt)
             alphas.append(at)
         return torch.stack(logits, 1), torch.stack(alphas, 1)

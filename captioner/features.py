@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .datasets import ImageRecord
+from .distributed import Dist, barrier
 from .encoder import Encoder, EncoderConfig
 from .images import ImageLoadError, load_image
 from .text import PAD_ID, Vocab, tokenize
@@ -62,7 +64,8 @@ class FeatureCache:
         with open(self.folder / "index.json") as f:
             self.index = json.load(f)
         self.image_ids: list[int] = self.index["image_ids"]
-        self.row_of = {iid: r for r, iid in enumerate(self.image_ids)}
+        rows = self.index.get("rows", range(len(self.image_ids)))  # caches written before "rows" existed
+        self.row_of = dict(zip(self.image_ids, rows))
         self._arr: np.ndarray | None = None
 
     def __getstate__(self):
@@ -86,54 +89,128 @@ class FeatureCache:
         return self.array[self.row_of[image_id]]  # (N, C) fp16
 
 
+class _Progress:
+    """Which chunks of a partial cache are written: one marker file per finished chunk."""
+
+    def __init__(self, work: Path, n: int, chunk_size: int):
+        self.work, self.n, self.size = work, n, chunk_size
+        self.chunks = math.ceil(n / chunk_size)
+
+    def marker(self, k: int) -> Path:
+        return self.work / f"chunk-{k:06d}.json"
+
+    def done(self, k: int) -> bool:
+        return self.marker(k).is_file()
+
+    def rows(self, k: int) -> range:
+        return range(k * self.size, min(self.n, (k + 1) * self.size))
+
+    def finish(self, k: int, failed: list[dict]) -> None:
+        tmp = self.marker(k).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"failed": failed}))
+        os.replace(tmp, self.marker(k))
+
+    def failed(self) -> list[dict]:
+        return [f for k in range(self.chunks) for f in json.loads(self.marker(k).read_text())["failed"]]
+
+
+def _open_work(work: Path, meta: dict, shape: tuple[int, ...]) -> None:
+    """Create the partial cache folder, or keep the one a killed run left if it is for the same job."""
+    if (work / "meta.json").is_file():
+        try:
+            same = json.loads((work / "meta.json").read_text()) == meta
+        except (OSError, ValueError):
+            same = False
+        if same and (work / "feats.npy").is_file():
+            return
+        log.info("%s holds another job's partial features; starting it afresh", work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    np.lib.format.open_memmap(work / "feats.npy", mode="w+", dtype=np.float16, shape=shape).flush()
+    (work / "meta.json").write_text(json.dumps(meta))
+
+
 @torch.no_grad()
 def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder: str | os.PathLike, *,
                         batch_size: int = 16, num_workers: int = 0, device: str | torch.device = "cpu",
-                        progress: bool = True) -> FeatureCache:
-    """Run the encoder over `records` once and store the grid; written to a temp folder, then renamed."""
+                        progress: bool = True, chunk_size: int = 1024, dist: Dist = Dist()) -> FeatureCache:
+    """Run the encoder over `records` once and store the (N, C) grid of each in fp16.
+
+    Resumable: features go into FOLDER.partial/feats.npy (a memory map), a chunk of
+    `chunk_size` images at a time; a chunk is marked done only once its rows are flushed, so
+    a killed run picks up at its first unfinished chunk. Under torchrun the ranks share the
+    chunks (the cache folder must then be on a filesystem all of them see). The finished
+    folder is renamed into place in one step.
+    """
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ds = ImageFileDataset([r.path for r in records], encoder.transform(), encoder.cfg.image_size)
+    work = folder.with_name(folder.name + ".partial")
+    n = len(records)
+    meta = {"image_ids": [r.image_id for r in records], "paths": [r.path for r in records],
+            "encoder": asdict(encoder.cfg), "chunk_size": chunk_size}
+    if dist.main:
+        _open_work(work, meta, (n, encoder.num_cells, encoder.channels))
+    barrier(dist)
+    prog = _Progress(work, n, chunk_size)
+    todo = [k for k in range(prog.chunks) if not prog.done(k)]
+    mine = todo[dist.rank::dist.world]
+    if dist.main and len(todo) < prog.chunks:
+        log.info("resuming %s: %d of %d chunks already done", work, prog.chunks - len(todo), prog.chunks)
+    pending = [i for k in mine for i in prog.rows(k)]
+    left = {k: len(prog.rows(k)) for k in mine}
+    failed: dict[int, list[dict]] = {k: [] for k in mine}
+    arr = np.load(work / "feats.npy", mmap_mode="r+")
+    ds = ImageFileDataset([records[i].path for i in pending], encoder.transform(), encoder.cfg.image_size)
     # Its own generator: iterating a DataLoader draws a seed, which must not move the global RNG
     # (a run that builds the cache must train exactly like one that reuses it).
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=torch.device(device).type == "cuda", generator=torch.Generator())
     encoder = encoder.to(device).eval()
-    out = np.lib.format.open_memmap(tmp / "feats.npy", mode="w+", dtype=np.float16,
-                                    shape=(len(records), encoder.num_cells, encoder.channels))
-    ok = np.zeros(len(records), dtype=bool)
-    failed = []
-    for idx, images, errors in tqdm(loader, desc=f"features {folder.name}", unit="batch", disable=not progress):
+    bar = tqdm(total=n, initial=n - sum(len(prog.rows(k)) for k in todo),
+               desc=f"features {folder.name}", unit="img", disable=not (progress and dist.main))
+    for idx, images, errors in loader:
+        rows = np.array([pending[int(j)] for j in idx])
         good = [j for j, e in enumerate(errors) if not e]
         for j, e in enumerate(errors):
             if e:
-                r = records[int(idx[j])]
+                r = records[rows[j]]
                 log.warning("skipping unreadable image: %s", e)
-                failed.append({"image_id": r.image_id, "path": r.path, "error": e})
+                failed[rows[j] // chunk_size].append({"image_id": r.image_id, "path": r.path, "error": e})
         if good:
             feats = encoder(images[good].to(device, non_blocking=True))  # (b, N, C)
-            rows = idx[good].numpy()
-            out[rows] = feats.float().cpu().numpy().astype(np.float16)
-            ok[rows] = True
-    out.flush()
-    del out
-    if not ok.all():
-        # Keep only the rows that hold features, so row r always belongs to image_ids[r].
-        arr = np.load(tmp / "feats.npy", mmap_mode="r")[ok]
-        np.save(tmp / "feats.npy", arr)
-    index = {"image_ids": [r.image_id for r, k in zip(records, ok) if k], "failed": failed,
+            arr[rows[good]] = feats.float().cpu().numpy().astype(np.float16)
+        for r in rows:
+            k = int(r) // chunk_size
+            left[k] -= 1
+            if left[k] == 0:
+                arr.flush()
+                prog.finish(k, failed[k])
+        bar.update(len(rows) * dist.world)  # the other ranks go at about the same pace
+    bar.close()
+    del arr
+    barrier(dist)
+    if dist.main:
+        _finish(work, folder, records, prog.failed(), encoder)
+    barrier(dist)
+    return FeatureCache(folder)
+
+
+def _finish(work: Path, folder: Path, records: Sequence[ImageRecord], failed: list[dict], encoder: Encoder) -> None:
+    bad = {f["image_id"] for f in failed}
+    ok = [(row, r.image_id) for row, r in enumerate(records) if r.image_id not in bad]
+    # Unreadable images keep their (empty) rows; index.json maps each good image id to its row.
+    index = {"image_ids": [i for _, i in ok], "rows": [row for row, _ in ok], "failed": failed,
              "encoder": asdict(encoder.cfg), "grid": list(encoder.grid), "channels": encoder.channels}
-    with open(tmp / "index.json", "w") as f:
+    for p in work.glob("chunk-*.json"):
+        p.unlink()
+    (work / "meta.json").unlink()
+    with open(work / "index.json", "w") as f:
         json.dump(index, f)
     if folder.exists():
         shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    os.replace(work, folder)
     if failed:
         log.warning("%d of %d images could not be read and were skipped (listed in %s)",
                     len(failed), len(records), folder / "index.json")
-    return FeatureCache(folder)
 
 
 def cached_features(encoder: Encoder, records: Sequence[ImageRecord], cache_root: str | os.PathLike,

@@ -1,10 +1,17 @@
-"""The training loop: one process on CPU or CUDA, from cached features or end to end.
+"""The training loop: one process or many (DDP under torchrun), CPU or CUDA, from cached features or end to end.
 
-`train(cfg)` is what train.py calls. It owns the optimiser (Adam, its own learning rate for a
-fine-tuned encoder), the cosine learning-rate schedule, gradient clipping, mixed precision on
-CUDA, validation by real beam-search decoding with early stopping, the `last.pt` / `best.pt`
-checkpoints (with everything needed to resume bit-for-bit on CPU), TensorBoard scalars and one
-summary line per epoch.
+`train(cfg, source, dist)` is what train.py calls. It owns the optimiser (Adam, its own learning
+rate for a fine-tuned encoder), the cosine learning-rate schedule, gradient clipping, the GPU
+path (autocast bf16/fp16, GradScaler for fp16 only, cudnn.benchmark, pinned memory and
+non-blocking copies, optional torch.compile of the fixed-shape parts), validation by real
+beam-search decoding (sharded over the ranks, scored on rank 0) with early stopping, the
+`last.pt` / `best.pt` checkpoints (the unwrapped model, with everything needed to resume
+bit-for-bit on CPU; rank 0 writes them), TensorBoard scalars and one summary line per epoch.
+
+Under DDP the global batch stays `batch_size` whatever the number of processes: each takes
+batch_size / world of it, DistributedSampler (seeded, set_epoch) splits a permutation that does
+not depend on the world size, and the loss is normalised by the global token and image counts,
+so N processes compute the gradient that one process computes on the same global batch.
 """
 from __future__ import annotations
 
@@ -12,16 +19,20 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .decoder import caption_loss
+from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects
 from .encoder import EncoderConfig
 from .evaluation import decode_cache, decode_records, score_outputs
 from .features import CaptionFeatureDataset, ImageCaptionDataset, cached_features, collate_captions
@@ -29,7 +40,7 @@ from .model import Captioner
 from .search import DEFAULT_MAX_LEN
 from .runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from .sources import DataSource
-from .text import Vocab, tokenize
+from .text import PAD_ID, Vocab, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,9 @@ class TrainConfig:
     val_beam: int = 3
     val_max_len: int = DEFAULT_MAX_LEN  # most tokens decoded per caption, <end> included
     patience: int = 5  # epochs without improvement before stopping (0: never stop early)
+    # GPU path (each is a no-op on CPU)
+    compile: bool = False  # torch.compile the encoder and the decoder's one-word step (never the decode loop)
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution kernels for the fixed input size
     # smoke-size switches
     max_train_images: int | None = None
     max_val_images: int | None = None
@@ -82,7 +96,7 @@ class TrainConfig:
     precision: str = "auto"  # CUDA autocast dtype: auto (bf16 if supported), bf16, fp16, fp32
     workers: int = 0
     seed: int = 0
-    resume: str | None = None
+    resume: str | None = None  # a last.pt to continue from, or "auto": OUT/last.pt if it exists (torchrun restarts)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -131,20 +145,67 @@ def _limit(records: list, n: int | None) -> list:
     return records if n is None else records[:n]
 
 
-def train(cfg: TrainConfig, source: DataSource) -> dict[str, Any]:
-    """Train on `source` ('train' split; validate on cfg.val_split). Returns the run summary."""
+class TeacherForced(nn.Module):
+    """What DDP wraps: (images or cached features, tokens) -> (logits, alphas). Shares the model's modules."""
+
+    def __init__(self, model: Captioner, fine_tune: bool):
+        super().__init__()
+        self.encoder, self.decoder, self.fine_tune = model.encoder, model.decoder, fine_tune
+
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor):
+        feats = self.encoder(inputs) if self.fine_tune else inputs  # (B, N, C)
+        return self.decoder(feats, tokens)
+
+
+def _resume_path(cfg: TrainConfig) -> str | None:
+    if cfg.resume == "auto":  # what torchrun's restarts use: continue where the last attempt stopped
+        last = Path(cfg.out) / "last.pt"
+        return str(last) if last.is_file() else None
+    return cfg.resume
+
+
+def _validate(model: Captioner, cfg: TrainConfig, val_cache, val_records: list, dist: Dist) -> dict[str, float]:
+    """Beam-search decoding of this rank's share of the validation images; rank 0 scores all of them."""
+    model.eval()
+    mine = val_records[dist.rank::dist.world]
+    if val_cache is not None:
+        outputs = decode_cache(model, val_cache, [r.image_id for r in mine], beam_size=cfg.val_beam,
+                               max_len=cfg.val_max_len)
+    else:
+        outputs = decode_records(model, mine, beam_size=cfg.val_beam, max_len=cfg.val_max_len,
+                                 num_workers=cfg.workers)
+    if dist.enabled:  # only the words travel: attention maps are not needed for BLEU / CIDEr
+        parts = gather_objects(dist, {i: replace(o, alphas=np.empty(0), beams=[]) for i, o in outputs.items()})
+        outputs = {i: o for part in parts for i, o in part.items()}
+    scores = None
+    if dist.main:
+        scores, _ = score_outputs(outputs, val_records, metrics=("BLEU-4", "CIDEr"), meteor=False)
+    return broadcast_object(dist, scores)
+
+
+def train(cfg: TrainConfig, source: DataSource, dist: Dist = Dist()) -> dict[str, Any]:
+    """Train on `source` ('train' split; validate on cfg.val_split). Returns the run summary.
+
+    Under torchrun, pass the `Dist` from `distributed.setup()` and its device in cfg.device.
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, cfg.precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"the global batch size {cfg.batch_size} must divide evenly over {dist.world} processes")
+    local_batch = cfg.batch_size // dist.world
     seed_everything(cfg.seed)
     train_records = _limit(source.split("train"), cfg.max_train_images)
     val_records = _limit(source.split(cfg.val_split), cfg.max_val_images)
 
-    resume = load_checkpoint(cfg.resume) if cfg.resume else None
+    resume_path = _resume_path(cfg)
+    resume = load_checkpoint(resume_path) if resume_path else None
     if resume is not None:
         if "train" not in resume:
-            raise ValueError(f"{cfg.resume} holds no training state (an exported model?): cannot resume from it")
+            raise ValueError(f"{resume_path} holds no training state (an exported model?): cannot resume from it")
         model = Captioner.from_model_state(resume["model"])
         vocab = model.vocab
     else:
@@ -153,11 +214,12 @@ def train(cfg: TrainConfig, source: DataSource) -> dict[str, Any]:
     if cfg.fine_tune_encoder:
         model.encoder.set_trainable(cfg.fine_tune_blocks)
     model.to(device)
-    log.info("vocab %d words; decoder %.2fM parameters; grid %s x %d channels; device %s%s", len(vocab),
+    log.info("vocab %d words; decoder %.2fM parameters; grid %s x %d channels; device %s%s%s", len(vocab),
              sum(p.numel() for p in model.decoder.parameters()) / 1e6, model.grid, model.encoder.channels,
-             device, f" ({dtype})" if dtype else "")
+             device, f" ({dtype})" if dtype else "",
+             f"; {dist.world} processes x {local_batch} = global batch {cfg.batch_size}" if dist.enabled else "")
 
-    feat_kw = dict(batch_size=16, num_workers=cfg.workers, device=device, progress=cfg.progress)
+    feat_kw = dict(batch_size=16, num_workers=cfg.workers, device=device, progress=cfg.progress, dist=dist)
     if cfg.fine_tune_encoder:
         train_ds = ImageCaptionDataset(train_records, vocab, model.transform(), cfg.image_size,
                                        cfg.max_caption_len, cfg.seed)
@@ -167,13 +229,24 @@ def train(cfg: TrainConfig, source: DataSource) -> dict[str, Any]:
         val_cache = cached_features(model.encoder, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
         train_ds = CaptionFeatureDataset(train_cache, train_records, vocab, cfg.max_caption_len,
                                          cfg.captions_per_image, cfg.seed)
+    # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
+    sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
+
+    if cfg.compile:
+        model.decoder.compile_step()
+        if cfg.fine_tune_encoder:
+            model.encoder.compile()
+    net = TeacherForced(model, cfg.fine_tune_encoder)
+    if dist.enabled:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=cfg.fine_tune_encoder)
 
     params = [{"params": model.decoder.parameters(), "lr": cfg.lr}]
     if cfg.fine_tune_encoder:
         params.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.encoder_lr})
     optimizer = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(sampler) / local_batch)
     scheduler = cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_steps, cfg.lr_min_ratio)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
@@ -185,92 +258,129 @@ def train(cfg: TrainConfig, source: DataSource) -> dict[str, Any]:
         if scaler is not None and t.get("scaler"):
             scaler.load_state_dict(t["scaler"])
         start_epoch, history, best = t["epoch"] + 1, list(t["history"]), dict(t["best"])
-        set_rng_state(t["rng"])
-        log.info("resumed from %s at epoch %d", cfg.resume, start_epoch + 1)
+        ranks = t.get("rng_ranks") or [t["rng"]]
+        if len(ranks) == dist.world:
+            set_rng_state(ranks[dist.rank])
+        else:
+            log.warning("resuming with %d processes a run saved by %d: data order is kept, dropout draws are not",
+                        dist.world, len(ranks))
+            seed_everything(cfg.seed * 1000 + start_epoch * 100 + dist.rank)
+        log.info("resumed from %s at epoch %d", resume_path, start_epoch + 1)
+    elif dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # same initial weights (DDP broadcasts rank 0's), own dropout draws
 
-    writer = _Writer(out)
+    writer = _Writer(out) if dist.main else None
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         train_ds.set_epoch(epoch)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+        sampler.set_epoch(epoch)
+        # Its own generator: drawing the workers' base seed must not move the global RNG (dropout).
+        loader = DataLoader(train_ds, batch_size=local_batch, sampler=sampler, num_workers=cfg.workers,
                             collate_fn=collate_captions, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        model.decoder.train()
-        model.encoder.train()
-        sums = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
-        n = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress,
+        model.train()
+        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, batches: summed on the device
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and dist.main),
                    leave=False)
         for batch in bar:
+            if dist.enabled and cfg.fine_tune_encoder:
+                # A batch of only unreadable images is dropped; every rank must then skip the step together.
+                present = all_reduce_sum(dist, torch.tensor([0.0 if batch is None else 1.0], device=device))
+                if present.item() < dist.world:
+                    log.warning("epoch %d: a batch of unreadable images on some rank; step skipped", epoch + 1)
+                    continue
             if batch is None:
                 continue
             inputs, tokens = (x.to(device, non_blocking=True) for x in batch)
-            with autocast(device, dtype):
-                feats = model.encoder(inputs) if cfg.fine_tune_encoder else inputs
-                logits, alphas = model.decoder(feats, tokens)
-                loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            loss, ce, reg = optimisation_step(net, optimizer, scaler, trainable, inputs, tokens, cfg, dist, dtype)
             scheduler.step()
             step += 1
-            for k, v in (("loss", loss), ("ce", ce), ("reg", reg)):
-                sums[k] += v.item()
-            n += 1
-            if step % 20 == 0:
+            sums += torch.stack([(ce + cfg.att_lambda * reg).detach(), ce.detach(), reg.detach(),
+                                 torch.ones((), device=device)]).double()
+            if step % 20 == 0 and writer is not None:  # .item() waits for the GPU: not every step
                 writer.scalar("train/loss", loss.item(), step)
                 writer.scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        all_reduce_sum(dist, sums)
         train_time = time.time() - t0
+        loss_sum, ce_sum, reg_sum, n = sums.tolist()
 
-        # Validation: real beam-search decoding, scored with the COCO scorers.
-        model.eval()
-        if val_cache is not None:
-            outputs = decode_cache(model, val_cache, [r.image_id for r in val_records],
-                                   beam_size=cfg.val_beam, max_len=cfg.val_max_len)
-        else:
-            outputs = decode_records(model, val_records, beam_size=cfg.val_beam, max_len=cfg.val_max_len,
-                                     num_workers=cfg.workers)
-        scores, _ = score_outputs(outputs, val_records, metrics=("BLEU-4", "CIDEr"), meteor=False)
+        scores = _validate(model, cfg, val_cache, val_records, dist)
         value = scores[cfg.val_metric]
         improved = value > best["value"]
         if improved:
             best = {"epoch": epoch, "value": value}
-        entry = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()},
-                 "lr": optimizer.param_groups[0]["lr"], "val": scores,
+        entry = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "ce": ce_sum / max(n, 1),
+                 "reg": reg_sum / max(n, 1), "lr": optimizer.param_groups[0]["lr"], "val": scores,
                  "train_seconds": round(train_time, 2), "seconds": round(time.time() - t0, 2)}
         history.append(entry)
-        for k, v in scores.items():
-            writer.scalar(f"val/{k}", v, epoch + 1)
-        writer.scalar("train/epoch_loss", entry["loss"], epoch + 1)
-
-        payload = {"model": model.model_state(),
-                   "train": {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "scaler": scaler.state_dict() if scaler is not None else None,
-                             "rng": rng_state(), "history": history, "best": best, "config": asdict(cfg)},
-                   "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": source.name}}
-        if improved:
-            save_checkpoint(payload, out / "best.pt")
-        save_checkpoint(payload, out / "last.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        log.info("epoch %d/%d  loss %.4f (ce %.4f reg %.4f)  val BLEU-4 %.4f CIDEr %.4f%s  lr %.2e  %.0fs",
-                 epoch + 1, cfg.epochs, entry["loss"], entry["ce"], entry["reg"], scores["BLEU-4"],
-                 scores["CIDEr"], "  *best*" if improved else "", entry["lr"], entry["seconds"])
+        rngs = gather_objects(dist, rng_state())
+        if dist.main:
+            for k, v in scores.items():
+                writer.scalar(f"val/{k}", v, epoch + 1)
+            writer.scalar("train/epoch_loss", entry["loss"], epoch + 1)
+            payload = {"model": model.model_state(),
+                       "train": {"epoch": epoch, "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler is not None else None,
+                                 "rng": rngs[0], "rng_ranks": rngs, "history": history, "best": best,
+                                 "config": asdict(cfg), "world": dist.world},
+                       "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": source.name}}
+            if improved:
+                save_checkpoint(payload, out / "best.pt")
+            save_checkpoint(payload, out / "last.pt")
+            (out / "history.json").write_text(json.dumps(history, indent=2))
+            log.info("epoch %d/%d  loss %.4f (ce %.4f reg %.4f)  val BLEU-4 %.4f CIDEr %.4f%s  lr %.2e  %.0fs",
+                     epoch + 1, cfg.epochs, entry["loss"], entry["ce"], entry["reg"], scores["BLEU-4"],
+                     scores["CIDEr"], "  *best*" if improved else "", entry["lr"], entry["seconds"])
+        barrier(dist)  # nobody starts the next epoch (or exits) before the checkpoint is on disk
         if cfg.patience and epoch - best["epoch"] >= cfg.patience:
             log.info("early stop: %s has not improved for %d epochs", cfg.val_metric, cfg.patience)
             break
-    writer.close()
     summary = {"run": str(out), "epochs_run": len(history), "best_epoch": best["epoch"] + 1,
                f"best_val_{cfg.val_metric}": best["value"], "history": history}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dist.main:
+        writer.close()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, trainable: list, inputs: torch.Tensor,
+                      tokens: torch.Tensor, cfg: TrainConfig, dist: Dist = Dist(), dtype: torch.dtype | None = None):
+    """One forward/backward/update on a batch already on the device (the learning-rate schedule steps outside).
+
+    Returns the detached (loss, cross-entropy, regulariser) of this rank's batch.
+    """
+    with autocast(inputs.device, dtype):
+        logits, alphas = net(inputs, tokens)
+        loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction)
+    if dist.enabled:
+        loss = _global_normalised(dist, ce, reg, tokens, cfg.att_lambda)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach(), ce.detach(), reg.detach()
+
+
+def _global_normalised(dist: Dist, ce: torch.Tensor, reg: torch.Tensor, tokens: torch.Tensor,
+                       att_lambda: float) -> torch.Tensor:
+    """This rank's loss rescaled so that DDP's gradient average equals the one-process gradient.
+
+    caption_loss averages over this rank's tokens (cross-entropy) and images (regulariser).
+    Multiplying by local count / (global count / world) turns DDP's mean over ranks into the
+    mean over all tokens and images of the global batch. The counts stay on the device.
+    """
+    counts = torch.stack([(tokens[:, 1:] != PAD_ID).sum(), torch.tensor(tokens.shape[0], device=tokens.device)])
+    local = counts.float()
+    glob = all_reduce_sum(dist, counts.clone()).float() / dist.world
+    return ce * (local[0] / glob[0]) + att_lambda * reg * (local[1] / glob[1])

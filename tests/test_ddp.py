@@ -1,0 +1,148 @@
+"""DistributedDataParallel under a real torchrun, on CPU with the gloo backend.
+
+Two processes must train what one process trains with the same global batch and seed, the
+feature cache must come out the same when two processes share its chunks, and a worker killed
+under torchrun's restarts must resume from the last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train
+from captioner.features import FeatureCache
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"train": 64, "val": 16, "test": 8, "test_novel": 8}
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    exe = Path(sys.executable).parent / "torchrun"
+    launcher = [str(exe)] if exe.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    return [*launcher, "--standalone", f"--nproc-per-node={nproc}", *args]
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from captioner import shapes
+
+    root = tmp_path_factory.mktemp("world")
+    shapes.generate_world(root, seed=5, sizes=TINY, workers=1)
+    return root
+
+
+def args(world: Path, out: Path, cache: Path, epochs: int = 3) -> list[str]:
+    # dropout 0: the only randomness left is the data order, which DDP must reproduce exactly
+    return ["--shapes-dir", str(world), "--out", str(out), "--cache-dir", str(cache), "--epochs", str(epochs),
+            "--batch-size", "16", "--min-count", "1", "--embed-dim", "32", "--attention-dim", "32",
+            "--hidden-dim", "64", "--dropout", "0", "--lr", "5e-3", "--warmup-steps", "2",
+            "--captions-per-image", "all", "--val-beam", "2", "--no-progress", "--device", "cpu", "--seed", "11",
+            "--patience", "0"]
+
+
+def test_two_processes_train_what_one_process_trains(world, tmp_path):
+    one = train.main(args(world, tmp_path / "one", tmp_path / "cache1"))
+    run(torchrun(2, "train.py", *args(world, tmp_path / "two", tmp_path / "cache2")))
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert [h["epoch"] for h in two["history"]] == [1, 2, 3]
+    cfg = (tmp_path / "two" / "config.yaml").read_text()
+    assert "world_size: 2" in cfg
+    # Same global batches, globally normalised loss, gradients averaged by DDP: the same
+    # optimisation up to the order of floating-point sums.
+    for a, b in zip(one["history"], two["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a, b)
+        for k in ("BLEU-4", "CIDEr"):
+            assert b["val"][k] == pytest.approx(a["val"][k], abs=0.02), (k, a["val"], b["val"])
+    # checkpoints hold the plain module (no "module." prefix from the DDP wrapper), written by rank 0
+    from captioner.model import Captioner
+
+    import torch
+
+    from captioner.checkpoint import load_checkpoint
+
+    wa = load_checkpoint(tmp_path / "one" / "last.pt")["model"]["decoder"]
+    wb = load_checkpoint(tmp_path / "two" / "last.pt")["model"]["decoder"]
+    assert wa.keys() == wb.keys()
+    # attention.score.bias shifts every attention logit alike, so softmax gives it a zero gradient:
+    # Adam turns the float noise of that zero into +-lr steps. Every other weight must agree.
+    diffs = {k: (wa[k] - wb[k]).abs().max().item() for k in wa if k != "attention.score.bias"}
+    assert max(diffs.values()) < 1e-4, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    Captioner.from_checkpoint(tmp_path / "two" / "last.pt")
+    # the two-process run built its feature cache itself: same features as the one-process cache
+    for split in ("train", "val"):
+        (c1,) = (tmp_path / "cache1").glob(f"*/{split}-*")
+        c2 = tmp_path / "cache2" / c1.relative_to(tmp_path / "cache1")
+        a, b = FeatureCache(c1), FeatureCache(c2)
+        assert a.image_ids == b.image_ids
+        np.testing.assert_allclose(a.array.astype(np.float32), b.array.astype(np.float32), atol=1e-2)
+
+
+def test_feature_command_shares_chunks_and_resumes(world, tmp_path):
+    from captioner.features import FeatureCache
+
+    base = ["extract_features.py", "--shapes-dir", str(world), "--splits", "train", "--cache-dir",
+            str(tmp_path / "a"), "--chunk-size", "8", "--no-progress", "--device", "cpu"]
+    run([sys.executable, *base])
+    run(torchrun(2, *base[:5], "--cache-dir", str(tmp_path / "b"), *base[7:]))
+    (ca,) = (tmp_path / "a").glob("*/train-*")
+    cb = tmp_path / "b" / ca.relative_to(tmp_path / "a")
+    a, b = FeatureCache(ca), FeatureCache(cb)
+    assert len(a) == TINY["train"] and a.image_ids == b.image_ids
+    np.testing.assert_allclose(a.array.astype(np.float32), b.array.astype(np.float32), atol=1e-2)
+    assert not list((tmp_path / "b").glob("*/*.partial"))
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_killed_worker_restarts_and_resumes_from_last_checkpoint(world, tmp_path):
+    out = tmp_path / "run"
+    cmd = torchrun(2, "--max-restarts=1", "train.py", *args(world, out, tmp_path / "cache", epochs=4),
+                   "--resume", "auto")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        while not (out / "last.pt").exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(max(workers), signal.SIGKILL)  # a worker dies mid-run, as a node or a GPU might
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = log.read_text()
+    assert proc.returncode == 0, err[err.find("Traceback"):][:6000] if "Traceback" in err else err[-4000:]
+    assert "resumed from" in err  # the restarted workers continued from last.pt, not from scratch
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
