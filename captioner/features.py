@@ -27,6 +27,7 @@ from .datasets import ImageRecord
 from .distributed import Dist, barrier
 from .encoder import Encoder, EncoderConfig
 from .images import ImageLoadError, load_image
+from .runtime import autocast
 from .text import PAD_ID, Vocab, tokenize
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def _open_work(work: Path, meta: dict, shape: tuple[int, ...]) -> None:
     """Create the partial cache folder, or keep the one a killed run left if it is for the same job."""
     if (work / "meta.json").is_file():
         try:
-            same = json.loads((work / "meta.json").read_text()) == meta
+            same = json.loads((work / "meta.json").read_text()) == json.loads(json.dumps(meta))  # tuples -> lists
         except (OSError, ValueError):
             same = False
         if same and (work / "feats.npy").is_file():
@@ -165,6 +166,10 @@ def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=torch.device(device).type == "cuda", generator=torch.Generator())
     encoder = encoder.to(device).eval()
+    # The cache holds fp16: on CUDA the encoder runs under fp16 autocast too (EfficientNet-Lite's
+    # ReLU6 keeps activations far inside fp16's range); on CPU it runs in fp32.
+    device = torch.device(device)
+    dtype = torch.float16 if device.type == "cuda" else None
     bar = tqdm(total=n, initial=n - sum(len(prog.rows(k)) for k in todo),
                desc=f"features {folder.name}", unit="img", disable=not (progress and dist.main))
     for idx, images, errors in loader:
@@ -176,8 +181,9 @@ def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder
                 log.warning("skipping unreadable image: %s", e)
                 failed[rows[j] // chunk_size].append({"image_id": r.image_id, "path": r.path, "error": e})
         if good:
-            feats = encoder(images[good].to(device, non_blocking=True))  # (b, N, C)
-            arr[rows[good]] = feats.float().cpu().numpy().astype(np.float16)
+            with autocast(device, dtype):
+                feats = encoder(images[good].to(device, non_blocking=True))  # (b, N, C)
+            arr[rows[good]] = feats.to(torch.float16).cpu().numpy()
         for r in rows:
             k = int(r) // chunk_size
             left[k] -= 1
