@@ -46,10 +46,8 @@ from captioner.training import TeacherForced, TrainConfig, optimisation_step
 
 CPU_SIZES = {"decoder_batch": 64, "decoder_steps": 15, "e2e_batch": 16, "e2e_steps": 4, "extract_batch": 16,
              "extract_images": 128}
-# extract_images: a multiple of the batch, and enough that DataLoader start-up and the last
-# batch's cuDNN autotuning (a few seconds on a GPU) do not dominate.
 GPU_SIZES = {"decoder_batch": 256, "decoder_steps": 60, "e2e_batch": 128, "e2e_steps": 20, "extract_batch": 256,
-             "extract_images": 16384}
+             "extract_images": 4096}
 
 
 def machine(device: torch.device) -> str:
