@@ -142,3 +142,20 @@ def test_fine_tune_encoder_end_to_end(world, tmp_path, capsys):
                          "--max-images", "4", "--out", str(tmp_path / "ev"), "--cache-dir", str(tmp_path / "cache"),
                          "--no-progress", "--no-meteor", "--beam", "1"])
     assert res["info"]["images"] == 4 and not (tmp_path / "cache").exists()
+
+
+def test_gpu_path_flags_run_on_cpu_and_compile_trains_the_same(world, tmp_path):
+    """--compile, --precision and --cudnn-benchmark parse and run on CPU (autocast and cuDNN are no-ops
+    there); the compiled decoder step trains what the eager one trains, and the checkpoint holds
+    the plain module's keys."""
+    small = ["--max-train-images", "32", "--max-val-images", "4", "--val-beam", "1", "--dropout", "0"]
+    eager = train.main(tiny_args(world, tmp_path / "eager", tmp_path / "cache", epochs=1) + small)
+    compiled = train.main(tiny_args(world, tmp_path / "compiled", tmp_path / "cache", epochs=1) + small
+                          + ["--compile", "--precision", "bf16", "--cudnn-benchmark", "false"])
+    assert compiled["history"][0]["loss"] == pytest.approx(eager["history"][0]["loss"], rel=1e-4)
+    a = load_checkpoint(tmp_path / "eager" / "last.pt")["model"]["decoder"]
+    b = load_checkpoint(tmp_path / "compiled" / "last.pt")["model"]["decoder"]
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a if k != "attention.score.bias")
+    cfg = yaml.safe_load((tmp_path / "compiled" / "config.yaml").read_text())
+    assert cfg["compile"] is True and cfg["cudnn_benchmark"] is False and cfg["precision"] == "bf16"
