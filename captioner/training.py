@@ -145,6 +145,23 @@ def _limit(records: list, n: int | None) -> list:
     return records if n is None else records[:n]
 
 
+class EpochSampler(DistributedSampler):
+    """DistributedSampler drawing each epoch's permutation as train.py always has.
+
+    The permutation of (seed, epoch) comes from a generator seeded seed * 1000 + epoch after one
+    64-bit draw (the one DataLoader's worker seed took when shuffling was the DataLoader's job),
+    so one-process runs, and the bundled demo model, reproduce bit for bit. Padding and the
+    rank's share (every world-th index) are DistributedSampler's own.
+    """
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        indices = torch.randperm(len(self.dataset), generator=g).tolist()
+        indices += indices[: self.total_size - len(indices)]  # pad to a multiple of the world size
+        return iter(indices[self.rank: self.total_size: self.num_replicas])
+
+
 class TeacherForced(nn.Module):
     """What DDP wraps: (images or cached features, tokens) -> (logits, alphas). Shares the model's modules."""
 
@@ -230,7 +247,7 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = Dist()) -> dict[str
         train_ds = CaptionFeatureDataset(train_cache, train_records, vocab, cfg.max_caption_len,
                                          cfg.captions_per_image, cfg.seed)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
-    sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
+    sampler = EpochSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
 
     if cfg.compile:
         model.decoder.compile_step()
