@@ -367,13 +367,15 @@ def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
                       tokens: torch.Tensor, cfg: TrainConfig, dist: Dist = Dist(), dtype: torch.dtype | None = None):
     """One forward/backward/update on a batch already on the device (the learning-rate schedule steps outside).
 
-    Returns the detached (loss, cross-entropy, regulariser) of this rank's batch.
+    Returns the detached (loss, cross-entropy, regulariser) of this rank's batch; under DDP
+    rescaled as below, so that their mean over the ranks is the global batch's value.
     """
     with autocast(inputs.device, dtype):
         logits, alphas = net(inputs, tokens)
         loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction)
     if dist.enabled:
-        loss = _global_normalised(dist, ce, reg, tokens, cfg.att_lambda)
+        ce, reg = _global_normalised(dist, ce, reg, tokens)
+        loss = ce + cfg.att_lambda * reg
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -389,9 +391,8 @@ def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
     return loss.detach(), ce.detach(), reg.detach()
 
 
-def _global_normalised(dist: Dist, ce: torch.Tensor, reg: torch.Tensor, tokens: torch.Tensor,
-                       att_lambda: float) -> torch.Tensor:
-    """This rank's loss rescaled so that DDP's gradient average equals the one-process gradient.
+def _global_normalised(dist: Dist, ce: torch.Tensor, reg: torch.Tensor, tokens: torch.Tensor):
+    """This rank's terms rescaled so that DDP's gradient average equals the one-process gradient.
 
     caption_loss averages over this rank's tokens (cross-entropy) and images (regulariser).
     Multiplying by local count / (global count / world) turns DDP's mean over ranks into the
@@ -400,4 +401,4 @@ def _global_normalised(dist: Dist, ce: torch.Tensor, reg: torch.Tensor, tokens: 
     counts = torch.stack([(tokens[:, 1:] != PAD_ID).sum(), torch.tensor(tokens.shape[0], device=tokens.device)])
     local = counts.float()
     glob = all_reduce_sum(dist, counts.clone()).float() / dist.world
-    return ce * (local[0] / glob[0]) + att_lambda * reg * (local[1] / glob[1])
+    return ce * (local[0] / glob[0]), reg * (local[1] / glob[1])

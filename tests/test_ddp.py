@@ -66,7 +66,7 @@ def test_two_processes_train_what_one_process_trains(world, tmp_path):
     # Same global batches, globally normalised loss, gradients averaged by DDP: the same
     # optimisation up to the order of floating-point sums.
     for a, b in zip(one["history"], two["history"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a, b)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
         for k in ("BLEU-4", "CIDEr"):
             assert b["val"][k] == pytest.approx(a["val"][k], abs=0.02), (k, a["val"], b["val"])
     # checkpoints hold the plain module (no "module." prefix from the DDP wrapper), written by rank 0
@@ -159,3 +159,22 @@ def test_killed_worker_restarts_and_resumes_from_last_checkpoint(world, tmp_path
     assert "resumed from" in err  # the restarted workers continued from last.pt, not from scratch
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_two_processes_fine_tune_end_to_end_past_a_corrupt_image(tmp_path):
+    """DDP with the encoder's top block trained, images decoded in DataLoader workers; a corrupt
+    training image is reported and skipped, never a crash of the run."""
+    from captioner import shapes
+    from captioner.checkpoint import load_checkpoint
+
+    w = shapes.generate_world(tmp_path / "w", seed=9, sizes={"train": 16, "val": 4, "test": 2, "test_novel": 2},
+                              workers=1)
+    bad = sorted((w / "images" / "train").iterdir())[3]
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    out = tmp_path / "ft"
+    res = run(torchrun(2, "train.py", *args(w, out, tmp_path / "cache", epochs=1), "--fine-tune-encoder",
+                       "--fine-tune-blocks", "1", "--batch-size", "8", "--workers", "1"))
+    assert "skipping unreadable image" in res.stderr and bad.name in res.stderr
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["model"]["encoder"] is not None and ck["train"]["world"] == 2
+    assert not (tmp_path / "cache").exists()  # end to end: no feature cache
