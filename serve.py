@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
         lim.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)
     lim.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are refused "
                      "(default %(default)s)")
-    lim.add_argument("--concurrency", type=int, default=1, help="requests captioned at once (default %(default)s: "
-                     "on a CPU one request already keeps every core busy)")
+    lim.add_argument("--concurrency", type=int, default=2, help="requests captioned at once (default %(default)s: on "
+                     "2 CPU cores 8-12 requests/s, against 7 one at a time and 11 four at a time)")
     return p
 
 

@@ -325,7 +325,7 @@ def test_safe_defaults():
     assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 7860, str(DEFAULT_CHECKPOINT))
     lim = serve.limits_from(args)
     assert lim == serve.Limits() and lim.max_bytes == 10 * 1024 * 1024 and lim.max_pixels == 40_000_000
-    assert (lim.max_beam, lim.max_len, args.queue_size, args.concurrency) == (10, 50, 32, 1)
+    assert (lim.max_beam, lim.max_len, args.queue_size, args.concurrency) == (10, 50, 32, 2)
     for bad in (["--max-beam", "0"], ["--max-upload-mb", "-1"], ["--max-aspect", "0.5"], ["--port", "0"]):
         with pytest.raises(SystemExit):
             serve.parse_args(bad)
