@@ -41,7 +41,8 @@ log = logging.getLogger("serve")
 
 EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = ["shapes-one.jpg", "shapes-two.jpg", "shapes-three.jpg", "chelsea.jpg", "astronaut.jpg", "coffee.jpg"]
-VIEW_SIDE = 512  # overlays are drawn with this long side: the large view's size, and cheap enough per word
+VIEW_SIDE = 512  # long side of the large view
+TILE_SIDE = 256  # long side of the gallery's overlays: sharp as thumbnails, a quarter of the work of a view
 SEP = " · "  # between a word's number and the word in the gallery captions
 
 DEMO_NOTE = """\
@@ -75,11 +76,11 @@ class Captioned:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-class FigureJob(NamedTuple):
-    """What the figure step needs from the Caption step."""
-    name: str
-    view: Image.Image  # the image at VIEW_SIDE
-    out: CaptionOutput
+class Shown(NamedTuple):
+    """What the page's later steps need from the Caption step: kept in the session, small."""
+    name: str  # the upload's file name
+    view_path: str  # the image at VIEW_SIDE, a JPEG in Gradio's cache: a file, not megabytes per session
+    out: CaptionOutput  # words, attention (T, h, w), beams
     seconds: dict[str, float]
     size: tuple[int, int]  # of the image as loaded
 
@@ -166,27 +167,29 @@ class CaptionService:
         """The Caption button: the caption, every word's overlay, the beams; the figure follows."""
         r = self.run(path, beam_size, max_len)
         t0 = time.perf_counter()
-        view = view_image(r.image)
-        tiles = [(overlay(view, a), f"{i}{SEP}{w}") for i, (w, a) in enumerate(zip(r.out.words, r.out.alphas), 1)]
+        view = scaled(r.image, VIEW_SIDE)
+        tile = scaled(view, TILE_SIDE)
+        tiles = [(overlay(tile, a), f"{i}{SEP}{w}") for i, (w, a) in enumerate(zip(r.out.words, r.out.alphas), 1)]
+        shown = Shown(r.name, save_to_cache(view, f"{Path(r.name).stem}-view.jpg"), r.out, r.seconds, r.image.size)
+        first = word_view(shown, 1, view)
         r.seconds["overlays"] = time.perf_counter() - t0
         log.info("caption %s: %d words in %.0f ms", _size(r.image), len(tiles), 1e3 * sum(r.seconds.values()))
-        # What the figure step needs, kept in the session until it runs: the small view, not the upload.
-        job = FigureJob(r.name, view, r.out, r.seconds, r.image.size)
-        return (r.out.text or "(an empty caption)", timing_text(r.seconds, r.image.size, len(tiles)),
-                word_view(tiles, 1), gr.update(value=1, maximum=max(1, len(tiles))), tiles,
-                [[text, round(score, 3)] for text, score in r.out.beams], None, job)
+        return (r.out.text or "(an empty caption)", timing_text(r.seconds, r.image.size, len(tiles)), first,
+                gr.update(value=1, maximum=max(1, len(tiles))), tiles,
+                [[text, round(score, 3)] for text, score in r.out.beams], None, shown)
 
-    def figure(self, job: FigureJob | None) -> tuple:
+    def figure(self, shown: Shown | None) -> tuple:
         """Then the PNG figure: a separate step, so the page shows the overlays without waiting for it.
 
         PNG-encoding a photo figure costs about as much as all the overlays together.
         """
-        if job is None:
-            return None, gr.update(), None
+        view = _open_view(shown)
+        if view is None:
+            return None, gr.update()
         t0 = time.perf_counter()
-        path = save_figure(job.view, job.out, Path(job.name).stem)
-        seconds = {**job.seconds, "figure": time.perf_counter() - t0}
-        return path, timing_text(seconds, job.size, len(job.out.words)), None  # done: drop the job from the session
+        path = save_figure(view, shown.out, Path(shown.name).stem)
+        seconds = {**shown.seconds, "figure": time.perf_counter() - t0}
+        return path, timing_text(seconds, shown.size, len(shown.out.words))
 
 
 def _size(image: Image.Image) -> str:
@@ -207,11 +210,27 @@ def result_json(r: Captioned, grid: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def view_image(image: Image.Image) -> Image.Image:
-    """The image scaled to VIEW_SIDE on its long side: overlays of a 40 MP photo would take seconds."""
-    s = VIEW_SIDE / max(image.size)
+def scaled(image: Image.Image, side: int) -> Image.Image:
+    """The image scaled to `side` on its long side: overlays of a 40 MP photo would take seconds."""
+    s = side / max(image.size)
     size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
     return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def save_to_cache(image: Image.Image, name: str) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=92)
+    return processing_utils.save_bytes_to_cache(buf.getvalue(), name, get_upload_folder())
+
+
+def _open_view(shown: Shown | None) -> Image.Image | None:
+    if shown is None:
+        return None
+    try:
+        with Image.open(shown.view_path) as im:
+            return im.convert("RGB")
+    except OSError:  # swept from the cache (after an hour): the page asks to caption again
+        return None
 
 
 def save_figure(view: Image.Image, out: CaptionOutput, stem: str) -> str:
@@ -232,22 +251,23 @@ def timing_text(seconds: dict[str, float], size: tuple[int, int], n_words: int) 
 
 # --- following the selected word ---------------------------------------------------------------
 
-def word_view(tiles: list[tuple[Any, str]] | None, k: float) -> Any:
-    """The large view of word k (1-based) of the gallery's (image, caption) tiles."""
-    if not tiles:
-        return gr.update(value=None, label="Attention")
-    k = min(max(int(k), 1), len(tiles))
-    image, caption = tiles[k - 1]
-    word = caption.split(SEP, 1)[-1]
-    return gr.update(value=image, label=f"Where the model looked for word {k} of {len(tiles)}: \u201c{word}\u201d")
+def word_view(shown: Shown | None, k: float, view: Image.Image | None = None) -> Any:
+    """The large view: word k (1-based) of the caption, its attention drawn over the view."""
+    view = view if view is not None else _open_view(shown)
+    if view is None or not shown.out.words:
+        return gr.update(value=None, label="Attention (caption an image first)")
+    words = shown.out.words
+    k = min(max(int(k), 1), len(words))
+    label = f"Where the model looked for word {k} of {len(words)}: \u201c{words[k - 1]}\u201d"
+    return gr.update(value=overlay(view, shown.out.alphas[k - 1]), label=label)
 
 
-def select_word(tiles: list[tuple[str, str]] | None, evt: gr.SelectData) -> tuple[Any, int]:
-    return word_view(tiles, evt.index + 1), evt.index + 1
+def select_word(shown: Shown | None, evt: gr.SelectData) -> tuple[Any, int]:
+    return word_view(shown, evt.index + 1), evt.index + 1
 
 
-def scrub_word(tiles: list[tuple[str, str]] | None, k: float) -> Any:
-    return word_view(tiles, k)
+def scrub_word(shown: Shown | None, k: float) -> Any:
+    return word_view(shown, k)
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -292,21 +312,21 @@ def build_demo(captioner: Captioner, limits: Limits = Limits(), *, demo_model: b
                                      label="Beams, best first (score: mean log-probability per word)",
                                      column_widths=["85%", "15%"], wrap=True, elem_id="beams")
                 figure = gr.File(label="Figure of every word (PNG)", interactive=False, height=90, elem_id="figure")
-        figure_job = gr.State(None, time_to_live=60)  # a job never fetched (an API caller's) expires
+        shown = gr.State(None, time_to_live=3600)  # as long as Gradio's cache keeps the view file
         api_result = gr.JSON(visible=False)
         api_trigger = gr.Button(visible=False)  # /caption has no button of its own on the page
 
         # Both caption events share one concurrency group: the queue's default limit bounds the model.
         # The page's event is callable (undocumented) so bench/serve_latency.py can time what a person waits for.
-        shown = [caption, timing, big, word, gallery, beams, figure, figure_job]
-        button.click(service.ui, [image, beam, max_len], shown, api_name="caption_ui", api_visibility="undocumented",
+        outputs = [caption, timing, big, word, gallery, beams, figure, shown]
+        button.click(service.ui, [image, beam, max_len], outputs, api_name="caption_ui", api_visibility="undocumented",
                      concurrency_id="model").success(
-            service.figure, [figure_job], [figure, timing, figure_job], api_visibility="private",
+            service.figure, [shown], [figure, timing], api_visibility="private",
             concurrency_id="figure", show_progress="hidden")
         api_trigger.click(service.api, [image, beam, max_len], api_result, api_name="caption",
                           concurrency_id="model")
-        gallery.select(select_word, [gallery], [big, word], api_visibility="private", concurrency_limit=4)
-        word.input(scrub_word, [gallery, word], [big], api_visibility="private", concurrency_limit=4,
+        gallery.select(select_word, [shown], [big, word], api_visibility="private", concurrency_limit=4)
+        word.input(scrub_word, [shown, word], [big], api_visibility="private", concurrency_limit=4,
                    show_progress="hidden")
     return demo
 

@@ -99,8 +99,12 @@ def test_upload_caption_and_one_overlay_per_word(page, model):
         expect(thumbs.nth(k)).to_contain_text(want.words[k])
     expect(page.locator("#word-view")).to_contain_text(f"word 1 of {len(want.words)}")
 
+    n = len(want.words)
     thumbs.nth(2).click()  # the large view follows the clicked word
-    expect(page.locator("#word-view")).to_contain_text(f"word 3 of {len(want.words)}: \u201c{want.words[2]}\u201d")
+    expect(page.locator("#word-view")).to_contain_text(f"word 3 of {n}: \u201c{want.words[2]}\u201d")
+    expect(page.locator("#word-slider input[type=number]")).to_have_value("3")
+    page.locator("#word-slider input[type=range]").fill(str(n))  # ... and the word scrubbed to
+    expect(page.locator("#word-view")).to_contain_text(f"word {n} of {n}: \u201c{want.words[-1]}\u201d")
     expect(page.locator('#figure a[href$="/shapes-three-attention.png"]')).to_have_count(1)  # the PNG follows
     expect(page.locator("#timing")).to_contain_text("PNG figure")
 

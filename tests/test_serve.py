@@ -283,13 +283,14 @@ def test_page_shows_the_exif_rotated_image_upright(client, images, tmp_path):
     """The page's own event (overlays and all): every word's overlay has the upright shape."""
     path = tmp_path / "rotated.png"
     _exif_rotated(Image.open(images[2]).convert("RGB"), path)
-    text, timing, _big, _, tiles, beams, _ = client.predict(handle_file(str(path)), 3, 30, api_name="/caption_ui")
+    text, timing, big, _, tiles, beams, _ = client.predict(handle_file(str(path)), 3, 30, api_name="/caption_ui")
     words = text.split()
     assert [t["caption"] for t in tiles] == [f"{i}{serve.SEP}{w}" for i, w in enumerate(words, 1)]
     with httpx.Client() as http:
-        for t in tiles[:2]:
-            overlay = Image.open(io.BytesIO(http.get(t["image"]["url"]).content))
-            assert overlay.size == (serve.VIEW_SIDE, round(serve.VIEW_SIDE * 160 / 224))  # landscape, as upright
+        assert "word 1 of" in big["label"]
+        for image, side in [(t["image"], serve.TILE_SIDE) for t in tiles[:2]] + [(big["value"], serve.VIEW_SIDE)]:
+            shown = Image.open(io.BytesIO(http.get(image["url"]).content))
+            assert shown.size == (side, round(side * 160 / 224))  # landscape, as upright
     assert beams["data"][0][0] == text and "ms" in timing
 
 
@@ -347,9 +348,17 @@ def test_demo_model_note_and_api_listing(server, client, model):
     assert "/caption" in api["named_endpoints"]
 
 
-def test_word_view_follows_the_chosen_word():
-    tiles = [("a.jpg", f"1{serve.SEP}a"), ("b.jpg", f"2{serve.SEP}red"), ("c.jpg", f"3{serve.SEP}star")]
-    view = serve.word_view(tiles, 2)
-    assert view["value"] == "b.jpg" and "word 2 of 3" in view["label"] and "red" in view["label"]
-    assert serve.word_view(tiles, 99)["value"] == "c.jpg"  # clamped
-    assert serve.word_view(None, 1)["value"] is None
+def test_word_view_follows_the_chosen_word(model, images, tmp_path):
+    from captioner.overlay import overlay
+
+    image = Image.open(images[0]).convert("RGB")
+    out = model.caption([image])[0]
+    image.save(tmp_path / "view.png")  # lossless, so the large view can be compared exactly
+    shown = serve.Shown("x.jpg", str(tmp_path / "view.png"), out, {}, image.size)
+    n = len(out.words)
+    view = serve.word_view(shown, 2)
+    assert f"word 2 of {n}" in view["label"] and out.words[1] in view["label"]
+    assert view["value"].tobytes() == overlay(image, out.alphas[1]).tobytes()
+    assert serve.word_view(shown, 99)["label"].startswith(f"Where the model looked for word {n} of {n}")  # clamped
+    (tmp_path / "view.png").unlink()  # swept from the cache
+    assert serve.word_view(shown, 1)["value"] is None and serve.word_view(None, 1)["value"] is None
