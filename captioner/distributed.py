@@ -35,6 +35,9 @@ class Dist:
         return self.rank == 0
 
 
+ONE_PROCESS = Dist()  # the default everywhere: no torchrun, no process group
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
@@ -48,7 +51,7 @@ def setup(device: str = "auto", timeout_minutes: float = 60) -> tuple[Dist, str]
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return Dist(), device
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device in ("auto", "cuda") and torch.cuda.is_available() or device.startswith("cuda")
     if use_cuda:
         if device.startswith("cuda:"):

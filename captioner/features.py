@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .datasets import ImageRecord
-from .distributed import Dist, barrier
+from .distributed import ONE_PROCESS, Dist, barrier
 from .encoder import Encoder, EncoderConfig
 from .images import ImageLoadError, load_image
 from .runtime import autocast
@@ -134,7 +134,7 @@ def _open_work(work: Path, meta: dict, shape: tuple[int, ...]) -> None:
 @torch.no_grad()
 def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder: str | os.PathLike, *,
                         batch_size: int = 16, num_workers: int = 0, device: str | torch.device = "cpu",
-                        progress: bool = True, chunk_size: int = 1024, dist: Dist = Dist()) -> FeatureCache:
+                        progress: bool = True, chunk_size: int = 1024, dist: Dist = ONE_PROCESS) -> FeatureCache:
     """Run the encoder over `records` once and store the (N, C) grid of each in fp16.
 
     Resumable: features go into FOLDER.partial/feats.npy (a memory map), a chunk of

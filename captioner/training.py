@@ -32,13 +32,32 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .decoder import caption_loss
-from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects
+from .distributed import (
+    ONE_PROCESS,
+    Dist,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+)
 from .encoder import EncoderConfig
 from .evaluation import decode_cache, decode_records, score_outputs
-from .features import CaptionFeatureDataset, ImageCaptionDataset, cached_features, collate_captions
+from .features import (
+    CaptionFeatureDataset,
+    ImageCaptionDataset,
+    cached_features,
+    collate_captions,
+)
 from .model import Captioner
+from .runtime import (
+    amp_dtype,
+    autocast,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from .search import DEFAULT_MAX_LEN
-from .runtime import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from .sources import DataSource
 from .text import PAD_ID, Vocab, tokenize
 
@@ -200,7 +219,7 @@ def _validate(model: Captioner, cfg: TrainConfig, val_cache, val_records: list, 
     return broadcast_object(dist, scores)
 
 
-def train(cfg: TrainConfig, source: DataSource, dist: Dist = Dist()) -> dict[str, Any]:
+def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dict[str, Any]:
     """Train on `source` ('train' split; validate on cfg.val_split). Returns the run summary.
 
     Under torchrun, pass the `Dist` from `distributed.setup()` and its device in cfg.device.
@@ -364,7 +383,7 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = Dist()) -> dict[str
 
 
 def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, trainable: list, inputs: torch.Tensor,
-                      tokens: torch.Tensor, cfg: TrainConfig, dist: Dist = Dist(), dtype: torch.dtype | None = None):
+                      tokens: torch.Tensor, cfg: TrainConfig, dist: Dist = ONE_PROCESS, dtype: torch.dtype | None = None):
     """One forward/backward/update on a batch already on the device (the learning-rate schedule steps outside).
 
     Returns the detached (loss, cross-entropy, regulariser) of this rank's batch; under DDP

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import kill_when
+from tiny import make_world, train_args
 
 import train
-from procs import kill_when
 from captioner.features import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,20 +41,12 @@ def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from captioner import shapes
-
-    root = tmp_path_factory.mktemp("world")
-    shapes.generate_world(root, seed=5, sizes=TINY, workers=1)
-    return root
+    return make_world(tmp_path_factory.mktemp("world"), seed=5, sizes=TINY)
 
 
 def args(world: Path, out: Path, cache: Path, epochs: int = 3) -> list[str]:
     # dropout 0: the only randomness left is the data order, which DDP must reproduce exactly
-    return ["--shapes-dir", str(world), "--out", str(out), "--cache-dir", str(cache), "--epochs", str(epochs),
-            "--batch-size", "16", "--min-count", "1", "--embed-dim", "32", "--attention-dim", "32",
-            "--hidden-dim", "64", "--dropout", "0", "--lr", "5e-3", "--warmup-steps", "2",
-            "--captions-per-image", "all", "--val-beam", "2", "--no-progress", "--device", "cpu", "--seed", "11",
-            "--patience", "0"]
+    return train_args(world, out, cache, epochs, dropout=0, seed=11)
 
 
 def test_two_processes_train_what_one_process_trains(world, tmp_path):
@@ -70,11 +63,9 @@ def test_two_processes_train_what_one_process_trains(world, tmp_path):
         for k in ("BLEU-4", "CIDEr"):
             assert b["val"][k] == pytest.approx(a["val"][k], abs=0.02), (k, a["val"], b["val"])
     # checkpoints hold the plain module (no "module." prefix from the DDP wrapper), written by rank 0
-    from captioner.model import Captioner
-
-    import torch
 
     from captioner.checkpoint import load_checkpoint
+    from captioner.model import Captioner
 
     wa = load_checkpoint(tmp_path / "one" / "last.pt")["model"]["decoder"]
     wb = load_checkpoint(tmp_path / "two" / "last.pt")["model"]["decoder"]

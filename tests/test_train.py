@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import kill_when
 import torch
 import yaml
+from procs import kill_when
+from tiny import TINY, make_world, train_args
 
 import evaluate
 import train
@@ -16,23 +17,15 @@ from captioner.checkpoint import load_checkpoint
 from captioner.metrics import METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"train": 64, "val": 12, "test": 12, "test_novel": 12}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from captioner import shapes
-
-    root = tmp_path_factory.mktemp("world")
-    shapes.generate_world(root, seed=3, sizes=TINY, workers=1)
-    return root
+    return make_world(tmp_path_factory.mktemp("world"), seed=3)
 
 
 def tiny_args(world: Path, out: Path, cache: Path, epochs: int = 5) -> list[str]:
-    return ["--shapes-dir", str(world), "--out", str(out), "--cache-dir", str(cache), "--epochs", str(epochs),
-            "--batch-size", "16", "--min-count", "1", "--embed-dim", "32", "--attention-dim", "32",
-            "--hidden-dim", "64", "--dropout", "0.1", "--lr", "5e-3", "--warmup-steps", "2", "--captions-per-image", "all", "--val-beam", "2", "--no-progress",
-            "--device", "cpu", "--seed", "7", "--patience", "0"]
+    return train_args(world, out, cache, epochs)
 
 
 @pytest.fixture(scope="module")
