@@ -178,6 +178,18 @@ def test_oversized_upload_refused(client, server, images, expected, tmp_path):
     assert caption(client, images[1])["caption"] == expected[images[1]]
 
 
+def test_inline_image_reaches_the_same_loader(client, images, expected):
+    """A data: URL (how a page may send a pasted image) is decoded to its bytes and loaded like an upload."""
+    import base64
+
+    inline = "data:image/jpeg;base64," + base64.b64encode(images[1].read_bytes()).decode()
+    r = client.predict({"url": inline, "meta": {"_type": "gradio.FileData"}}, 3, 30, api_name="/caption")
+    assert r["caption"] == expected[images[1]]
+    bad = "data:image/png;base64," + base64.b64encode(b"not a png at all").decode()
+    with pytest.raises(AppError, match="inline-image.bin: not a recognised image format"):
+        client.predict({"url": bad, "meta": {"_type": "gradio.FileData"}}, 3, 30, api_name="/caption")
+
+
 def test_a_server_file_the_client_did_not_upload_is_refused(server, images):
     """Only uploads reach the loader: a request naming any other path on the server fails."""
     job = httpx.post(f"{server}gradio_api/call/caption",
