@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch
+from machine import cpu_name
 from torch.utils.data import DataLoader
 
 import caption
@@ -35,14 +35,6 @@ from captioner.runtime import resolve_device
 from cli import DEFAULT_CHECKPOINT, DEFAULT_SHAPES_DIR
 
 TARGET_ENCODER, TARGET_LOOP = 0.75, 5.0
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def timed(fn) -> float:

@@ -35,19 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 import httpx
 from gradio_client import Client, handle_file
+from machine import cpu_name
 from PIL import Image
 
 from cli import DEFAULT_CHECKPOINT
 
 TARGET_P50_MS = 300
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def free_port() -> int:

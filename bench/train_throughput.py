@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import torch
+from machine import cpu_name
 from torch.utils.data import DataLoader, RandomSampler
 
 from captioner.datasets import ImageRecord
@@ -51,11 +51,7 @@ GPU_SIZES = {"decoder_batch": 256, "decoder_steps": 60, "e2e_batch": 128, "e2e_s
 
 
 def machine(device: torch.device) -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     return f"{os.cpu_count()} CPU cores ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
