@@ -169,3 +169,38 @@ def test_two_processes_fine_tune_end_to_end_past_a_corrupt_image(tmp_path):
     ck = load_checkpoint(out / "last.pt")
     assert ck["model"]["encoder"] is not None and ck["train"]["world"] == 2
     assert not (tmp_path / "cache").exists()  # end to end: no feature cache
+
+
+def test_two_nodes_rendezvous_like_several_machines(world, tmp_path):
+    """The several-machines command of the README: two torchrun agents (here on one host) meet
+    through c10d rendezvous, each with one process, and train as one world of two."""
+    port = _free_port()
+    out = tmp_path / "nodes"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [*torchrun(1, "train.py", *args(world, out, tmp_path / "cache", epochs=1))]
+    cmd = [c for c in cmd if c != "--standalone"]
+    at = cmd.index("train.py")
+    nodes = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test-nodes"]
+    logs = [open(tmp_path / f"node{i}.log", "w") for i in range(2)]
+    agents = [subprocess.Popen(cmd[:at] + nodes + cmd[at:], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=log) for log in logs]
+    try:
+        codes = [a.wait(timeout=300) for a in agents]
+    finally:
+        for a, log in zip(agents, logs):
+            if a.poll() is None:
+                a.kill()
+                a.wait()
+            log.close()
+    assert codes == [0, 0], [(tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2)]
+    assert "world_size: 2" in (out / "config.yaml").read_text()
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
