@@ -266,8 +266,11 @@ def select_word(shown: Shown | None, evt: gr.SelectData) -> tuple[Any, int]:
     return word_view(shown, evt.index + 1), evt.index + 1
 
 
-def scrub_word(shown: Shown | None, k: float) -> Any:
-    return word_view(shown, k)
+def scrub_word(shown: Shown | None, k: float) -> tuple[Any, Any]:
+    """The slider moves the large view and the gallery's highlight together."""
+    if shown is None or not shown.out.words:
+        return word_view(shown, k), gr.update()
+    return word_view(shown, k), gr.update(selected_index=min(max(int(k), 1), len(shown.out.words)) - 1)
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -326,7 +329,7 @@ def build_demo(captioner: Captioner, limits: Limits = Limits(), *, demo_model: b
         api_trigger.click(service.api, [image, beam, max_len], api_result, api_name="caption",
                           concurrency_id="model")
         gallery.select(select_word, [shown], [big, word], api_visibility="private", concurrency_limit=4)
-        word.input(scrub_word, [shown, word], [big], api_visibility="private", concurrency_limit=4,
+        word.input(scrub_word, [shown, word], [big, gallery], api_visibility="private", concurrency_limit=4,
                    show_progress="hidden")
     return demo
 

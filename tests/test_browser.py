@@ -7,6 +7,7 @@ captioned page is kept in test-artifacts/browser/ (git-ignored).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,8 @@ def test_upload_caption_and_one_overlay_per_word(page, model):
     expect(page.locator("#word-slider input[type=number]")).to_have_value("3")
     page.locator("#word-slider input[type=range]").fill(str(n))  # ... and the word scrubbed to
     expect(page.locator("#word-view")).to_contain_text(f"word {n} of {n}: \u201c{want.words[-1]}\u201d")
+    expect(thumbs.nth(n - 1)).to_have_class(re.compile(r"\bselected\b"))  # the gallery's highlight follows
+    expect(page.locator("#word-gallery button.thumbnail-item.selected")).to_have_count(1)
     expect(page.locator('#figure a[href$="/shapes-three-attention.png"]')).to_have_count(1)  # the PNG follows
     expect(page.locator("#timing")).to_contain_text("PNG figure")
 
