@@ -33,7 +33,7 @@ from PIL import Image
 
 from captioner.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from captioner.model import Captioner, CaptionOutput
-from captioner.overlay import attention_figure, overlay
+from captioner.overlay import attention_figure, overlay, scaled
 from captioner.search import DEFAULT_MAX_LEN
 from cli import DEFAULT_CHECKPOINT, ROOT, setup_logging
 
@@ -208,13 +208,6 @@ def result_json(r: Captioned, grid: tuple[int, int]) -> dict[str, Any]:
         "beams": [{"caption": text, "score": round(score, 4)} for text, score in out.beams],
         "image_size": [r.image.width, r.image.height],  # upright, as captioned
     }
-
-
-def scaled(image: Image.Image, side: int) -> Image.Image:
-    """The image scaled to `side` on its long side: overlays of a 40 MP photo would take seconds."""
-    s = side / max(image.size)
-    size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
-    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 def save_to_cache(image: Image.Image, name: str) -> str:

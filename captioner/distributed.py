@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .runtime import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -49,13 +51,13 @@ def setup(device: str = "auto", timeout_minutes: float = 60) -> tuple[Dist, str]
     ranks wait for each other (rank 0 alone builds a missing shapes world, for instance).
     """
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return Dist(), device
+        return ONE_PROCESS, device
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available() or device.startswith("cuda")
+    if device.startswith("cuda:"):
+        raise ValueError("under torchrun each process takes cuda:LOCAL_RANK; pass --device cuda or auto")
+    use_cuda = resolve_device(device).type == "cuda"  # --device cuda without a GPU: resolve_device says so
     if use_cuda:
-        if device.startswith("cuda:"):
-            raise ValueError("under torchrun each process takes cuda:LOCAL_RANK; pass --device cuda or auto")
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     else:

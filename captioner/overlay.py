@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["attention_figure", "attention_heatmap", "colormap", "overlay"]
+__all__ = ["attention_figure", "attention_heatmap", "colormap", "overlay", "scaled"]
 
 CELL_PX = 8  # working resolution, pixels per grid cell: smooth enough, and cheap for a batch of figures
 SIGMA_CELLS = 0.5  # Gaussian smoothing, in grid cells
@@ -143,11 +143,15 @@ def _wrap(text: str, font, width: int, max_lines: int) -> list[str]:
     return [_fit(line, font, width) for line in lines]
 
 
-def _thumbnail(image: Image.Image, tile: int) -> Image.Image:
-    """The image scaled to fit a tile x tile box, aspect ratio kept."""
-    w, h = image.size
-    s = tile / max(w, h)
-    return image.convert("RGB").resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BICUBIC)
+def scaled(image: Image.Image, side: int) -> Image.Image:
+    """The image (RGB) scaled to `side` pixels on its long side, aspect ratio kept.
+
+    Overlays cost per pixel: the figure's tiles and the web UI's views are drawn at this size.
+    """
+    img = image if image.mode == "RGB" else image.convert("RGB")
+    s = side / max(img.size)
+    size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
+    return img if size == img.size else img.resize(size, Image.Resampling.BICUBIC)
 
 
 def attention_figure(image: Image.Image, words: Sequence[str], alphas: np.ndarray, cols: int = 5,
@@ -171,7 +175,7 @@ def attention_figure(image: Image.Image, words: Sequence[str], alphas: np.ndarra
     ncols, nrows = min(cols, n), math.ceil(n / cols)
     fig = Image.new("RGB", (PAD + ncols * (tile + PAD), PAD + nrows * (cell_h + PAD)), "white")
     draw = ImageDraw.Draw(fig)
-    thumb = _thumbnail(image, tile)
+    thumb = scaled(image, tile)
     text = caption if caption is not None else " ".join(words)
     labels = [_wrap(text, font, tile, LABEL_LINES)] + [[_fit(w, font, tile)] for w in words]
     for k in range(n):

@@ -332,8 +332,7 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
             loss, ce, reg = optimisation_step(net, optimizer, scaler, trainable, inputs, tokens, cfg, dist, dtype)
             scheduler.step()
             step += 1
-            sums += torch.stack([(ce + cfg.att_lambda * reg).detach(), ce.detach(), reg.detach(),
-                                 torch.ones((), device=device)]).double()
+            sums += torch.stack([loss, ce, reg, torch.ones((), device=device)]).double()
             if step % 20 == 0 and writer is not None:  # .item() waits for the GPU: not every step
                 writer.scalar("train/loss", loss.item(), step)
                 writer.scalar("train/lr", optimizer.param_groups[0]["lr"], step)

@@ -1,8 +1,9 @@
-"""Test helper: start a real process and SIGKILL it once it has written something."""
+"""Test helpers for real processes: SIGKILL one once it has written something; a free port."""
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,3 +24,10 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], what: str, timeout: flo
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

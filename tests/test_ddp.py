@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from procs import kill_when
+from procs import free_port, kill_when
 from tiny import make_world, train_args
 
 import train
@@ -174,7 +174,7 @@ def test_two_processes_fine_tune_end_to_end_past_a_corrupt_image(tmp_path):
 def test_two_nodes_rendezvous_like_several_machines(world, tmp_path):
     """The several-machines command of the README: two torchrun agents (here on one host) meet
     through c10d rendezvous, each with one process, and train as one world of two."""
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "nodes"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [*torchrun(1, "train.py", *args(world, out, tmp_path / "cache", epochs=1))]
@@ -197,10 +197,3 @@ def test_two_nodes_rendezvous_like_several_machines(world, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

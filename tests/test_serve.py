@@ -6,7 +6,6 @@ arguments a person's `python serve.py` would get, except a 1 MB upload limit (ch
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import threading
 import zlib
@@ -18,6 +17,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageOps
+from procs import free_port
 
 import serve
 from cli import DEFAULT_CHECKPOINT
@@ -26,12 +26,6 @@ UPLOAD_MB = 1
 
 # Gradio's queue builds its statistics with pandas calls that pandas 3 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
