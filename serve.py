@@ -284,8 +284,10 @@ def build_demo(captioner: Captioner, limits: Limits = Limits(), *, demo_model: b
             gr.Markdown(DEMO_NOTE, elem_id="demo-note")
         with gr.Row():
             with gr.Column(scale=2):
+                # The webcam is not mirrored: Gradio's default mirrors the photo itself, not only the
+                # preview, which would swap left and right in the caption ("a circle to its right").
                 image = image_input(label="Image", sources=["upload", "clipboard", "webcam"], elem_id="input-image",
-                                    height=340)
+                                    height=340, webcam_options=gr.WebcamOptions(mirror=False))
                 beam = gr.Slider(1, limits.max_beam, value=min(3, limits.max_beam), step=1, label="Beam size",
                                  info="1 is greedy decoding", elem_id="beam-size")
                 max_len = gr.Slider(1, limits.max_len, value=min(DEFAULT_MAX_LEN, limits.max_len), step=1,

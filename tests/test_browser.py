@@ -3,6 +3,9 @@
 Playwright's Python package drives Debian's chromium (`apt-get install chromium`; .ci/run
 installs it), since `playwright install` cannot download browsers here. The screenshot of the
 captioned page is kept in test-artifacts/browser/ (git-ignored).
+
+The three sources a person can use: an upload, a pasted image (the clipboard, written by the
+page itself), and the webcam (Chromium's fake camera playing a shapes-world picture).
 """
 from __future__ import annotations
 
@@ -15,14 +18,31 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image, ImageOps
 from procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+                 "--no-first-run", "--disable-component-update", "--disable-sync",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # a camera, allowed
+CAMERA_IMAGE = ROOT / "examples" / "shapes-one.jpg"  # what the fake camera films
+
+
+def write_y4m(image: Image.Image, path: Path, frames: int = 2) -> None:
+    """A still picture as a Y4M video (BT.601 limited range, 4:2:0), which Chromium's fake camera plays."""
+    rgb = np.asarray(image.convert("RGB"), np.float64) / 255.0
+    h, w = rgb.shape[:2]
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    cb = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    cr = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    cb, cr = (c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)) for c in (cb, cr))  # 4:2:0
+    planes = b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in (y, cb, cr))
+    path.write_bytes(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode() + (b"FRAME\n" + planes) * frames)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +72,19 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def page(server, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).is_file(), \
         f"no browser at {CHROMIUM}: apt-get install chromium (bash .ci/run does), or set CHROMIUM"
+    video = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    write_y4m(Image.open(CAMERA_IMAGE), video)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={video}"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.rstrip("/"))
+        page = context.new_page()
         page.set_default_timeout(60_000)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.goto(server)
@@ -116,3 +141,59 @@ def test_bad_upload_shows_its_message(page, tmp_path):
     page.click("#caption-button")
     expect(page.locator(".toast-body").first).to_contain_text("notes.png: not a recognised image format")
     page.screenshot(path=str(ARTIFACTS / "serve-ui-error.png"))
+
+
+def _shown_input(page) -> Path:
+    """The picture the input shows, fetched from the server: the very file the handler gets."""
+    src = page.locator("#input-image .image-frame img").get_attribute("src")
+    path = ARTIFACTS / Path(src).name
+    path.write_bytes(httpx.get(src, timeout=30).raise_for_status().content)
+    return path
+
+
+def _caption_and_check(page, model, image: Path) -> None:
+    from playwright.sync_api import expect
+
+    want = model.caption([image], beam_size=3)[0]
+    page.click("#caption-button")
+    expect(page.locator("#caption-text textarea")).to_have_value(want.text)
+    expect(page.locator("#word-gallery button.thumbnail-item")).to_have_count(len(want.words))
+
+
+def test_pasted_image_is_captioned(page, server, model, tmp_path):
+    import base64
+    import io
+
+    page.goto(server)
+    page.wait_for_selector("#caption-button")
+    png = io.BytesIO()
+    Image.open(ROOT / "examples" / "shapes-two.jpg").save(png, "PNG")
+    page.evaluate("""async (b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        await navigator.clipboard.write([new ClipboardItem({"image/png": new Blob([bytes], {type: "image/png"})})]);
+    }""", base64.b64encode(png.getvalue()).decode())
+    page.click("#input-image button[aria-label='Paste from clipboard']")
+    page.wait_for_selector("#input-image .image-frame img")
+    pasted = _shown_input(page)
+    assert np.array_equal(np.asarray(Image.open(pasted).convert("RGB")),
+                          np.asarray(Image.open(ROOT / "examples" / "shapes-two.jpg").convert("RGB")))
+    _caption_and_check(page, model, pasted)
+
+
+def test_webcam_photo_is_captioned_unmirrored(page, server, model):
+    page.goto(server)
+    page.wait_for_selector("#caption-button")
+    page.click("#input-image button[aria-label='Capture from camera']")
+    page.click("#input-image button:has-text('Click to Access Webcam')")
+    page.wait_for_selector("#input-image video[data-testid=webcam-video]:not(.hide)")
+    page.click("#input-image button[aria-label='capture photo']")
+    page.wait_for_selector("#input-image .image-frame img")
+    photo = _shown_input(page)
+    shot = np.asarray(Image.open(photo).convert("RGB"), np.float64)
+    scene = Image.open(CAMERA_IMAGE).convert("RGB")
+    off = np.abs(shot - np.asarray(scene, np.float64)).mean()
+    off_mirrored = np.abs(shot - np.asarray(ImageOps.mirror(scene), np.float64)).mean()
+    # The photo is the scene (up to the camera's YUV 4:2:0 round trip), not its mirror image.
+    assert off < 3 < off_mirrored, (off, off_mirrored)
+    _caption_and_check(page, model, photo)
+    page.screenshot(path=str(ARTIFACTS / "serve-ui-webcam.png"))
