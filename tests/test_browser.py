@@ -186,6 +186,7 @@ def test_webcam_photo_is_captioned_unmirrored(page, server, model):
     page.click("#input-image button[aria-label='Capture from camera']")
     page.click("#input-image button:has-text('Click to Access Webcam')")
     page.wait_for_selector("#input-image video[data-testid=webcam-video]:not(.hide)")
+    page.wait_for_function("document.querySelector('#input-image video').videoWidth > 0")  # a frame to take
     page.click("#input-image button[aria-label='capture photo']")
     page.wait_for_selector("#input-image .image-frame img")
     photo = _shown_input(page)
