@@ -198,3 +198,12 @@ def test_webcam_photo_is_captioned_unmirrored(page, server, model):
     assert off < 3 < off_mirrored, (off, off_mirrored)
     _caption_and_check(page, model, photo)
     page.screenshot(path=str(ARTIFACTS / "serve-ui-webcam.png"))
+
+
+def test_clicked_example_is_captioned(page, server, model):
+    page.goto(server)
+    page.wait_for_selector("#caption-button")
+    page.locator("button.gallery-item img[src$='/chelsea.jpg']").click()  # the cat photo among the examples
+    page.wait_for_selector("#input-image .image-frame img[src$='/chelsea.jpg']")
+    assert _shown_input(page).read_bytes() == (ROOT / "examples" / "chelsea.jpg").read_bytes()
+    _caption_and_check(page, model, ROOT / "examples" / "chelsea.jpg")
