@@ -176,7 +176,7 @@ class CaptionService:
         log.info("caption %s: %d words in %.0f ms", _size(r.image), len(tiles), 1e3 * sum(r.seconds.values()))
         return (r.out.text or "(an empty caption)", timing_text(r.seconds, r.image.size, len(tiles)), first,
                 gr.update(value=1, maximum=max(1, len(tiles))), tiles,
-                [[text, round(score, 3)] for text, score in r.out.beams], None, shown)
+                [[text, round(score, 2)] for text, score in r.out.beams], None, shown)
 
     def figure(self, shown: Shown | None) -> tuple:
         """Then the PNG figure: a separate step, so the page shows the overlays without waiting for it.
@@ -308,7 +308,7 @@ def build_demo(captioner: Captioner, limits: Limits = Limits(), *, demo_model: b
                                      height="auto", interactive=False, elem_id="word-gallery")
                 beams = gr.Dataframe(headers=["caption", "score"], datatype=["str", "number"], interactive=False,
                                      label="Beams, best first (score: mean log-probability per word)",
-                                     column_widths=["85%", "15%"], wrap=True, elem_id="beams")
+                                     column_widths=["80%", "20%"], wrap=True, elem_id="beams")
                 figure = gr.File(label="Figure of every word (PNG)", interactive=False, height=90, elem_id="figure")
         shown = gr.State(None, time_to_live=3600)  # as long as Gradio's cache keeps the view file
         api_result = gr.JSON(visible=False)

@@ -207,3 +207,33 @@ def test_clicked_example_is_captioned(page, server, model):
     page.wait_for_selector("#input-image .image-frame img[src$='/chelsea.jpg']")
     assert _shown_input(page).read_bytes() == (ROOT / "examples" / "chelsea.jpg").read_bytes()
     _caption_and_check(page, model, ROOT / "examples" / "chelsea.jpg")
+
+
+def test_phone_width_keeps_the_beams_readable(page, server, model):
+    """At 390 px the page stacks into one column; the beams' scores stay in view, each on one line."""
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.goto(server)
+        page.wait_for_selector("#caption-button")
+        page.locator("button.gallery-item img[src$='/shapes-three.jpg']").click()
+        _caption_and_check(page, model, ROOT / "examples" / "shapes-three.jpg")
+        scores = page.locator("#beams [role=gridcell][data-col='1']")  # Gradio's grid: div rows and cells
+        expect(scores).to_have_count(3)
+        layout = page.evaluate("""() => {
+            const grid = document.querySelector('#beams [role=grid]');
+            const cells = [document.querySelector('#beams th[data-heading="1"]'),
+                           ...grid.querySelectorAll('[role=gridcell][data-col="1"]')];
+            const lines = cell => { const r = document.createRange(); r.selectNodeContents(cell);
+                                    return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size; };
+            return {page: document.documentElement.scrollWidth, grid: [grid.scrollWidth, grid.clientWidth],
+                    right: grid.getBoundingClientRect().right, ends: cells.map(c => c.getBoundingClientRect().right),
+                    lines: cells.map(c => lines(c.querySelector('span'))), texts: cells.map(c => c.innerText.trim())};
+        }""")
+        page.screenshot(path=str(ARTIFACTS / "serve-ui-phone.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+    assert layout["page"] <= 390 and layout["grid"][0] <= layout["grid"][1], layout  # nothing scrolls sideways
+    assert all(end <= layout["right"] + 1 for end in layout["ends"]), layout  # the scores are in view
+    assert layout["texts"][0] == "score" and all(n == 1 for n in layout["lines"]), layout  # each on one line
