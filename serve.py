@@ -49,7 +49,7 @@ DEMO_NOTE = """\
 **This is the bundled demo model, and it knows only the shapes world**: coloured shapes on
 textured backgrounds, like the first three examples. It describes any photo as shapes. For real
 photos, train on COCO (see the README) and load that checkpoint:
-`python serve.py --checkpoint runs/coco/best.pt`."""
+`python serve.py --checkpoint runs/coco/best.pt`"""
 
 
 @dataclass(frozen=True)
