@@ -4,8 +4,9 @@ Playwright's Python package drives Debian's chromium (`apt-get install chromium`
 installs it), since `playwright install` cannot download browsers here. The screenshot of the
 captioned page is kept in test-artifacts/browser/ (git-ignored).
 
-The three sources a person can use: an upload, a pasted image (the clipboard, written by the
-page itself), and the webcam (Chromium's fake camera playing a shapes-world picture).
+Every way a person gives an image: an upload, a pasted image (the clipboard, written by the page
+itself), the webcam (Chromium's fake camera playing a shapes-world picture) and a clicked
+example; and the page at a phone's width.
 """
 from __future__ import annotations
 
@@ -143,6 +144,12 @@ def test_bad_upload_shows_its_message(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "serve-ui-error.png"))
 
 
+def _fresh(page, server: str) -> None:
+    """A newly loaded page: no image, no caption."""
+    page.goto(server)
+    page.wait_for_selector("#caption-button")
+
+
 def _shown_input(page) -> Path:
     """The picture the input shows, fetched from the server: the very file the handler gets."""
     src = page.locator("#input-image .image-frame img").get_attribute("src")
@@ -160,12 +167,11 @@ def _caption_and_check(page, model, image: Path) -> None:
     expect(page.locator("#word-gallery button.thumbnail-item")).to_have_count(len(want.words))
 
 
-def test_pasted_image_is_captioned(page, server, model, tmp_path):
+def test_pasted_image_is_captioned(page, server, model):
     import base64
     import io
 
-    page.goto(server)
-    page.wait_for_selector("#caption-button")
+    _fresh(page, server)
     png = io.BytesIO()
     Image.open(ROOT / "examples" / "shapes-two.jpg").save(png, "PNG")
     page.evaluate("""async (b64) => {
@@ -181,8 +187,7 @@ def test_pasted_image_is_captioned(page, server, model, tmp_path):
 
 
 def test_webcam_photo_is_captioned_unmirrored(page, server, model):
-    page.goto(server)
-    page.wait_for_selector("#caption-button")
+    _fresh(page, server)
     page.click("#input-image button[aria-label='Capture from camera']")
     page.click("#input-image button:has-text('Click to Access Webcam')")
     page.wait_for_selector("#input-image video[data-testid=webcam-video]:not(.hide)")
@@ -201,8 +206,7 @@ def test_webcam_photo_is_captioned_unmirrored(page, server, model):
 
 
 def test_clicked_example_is_captioned(page, server, model):
-    page.goto(server)
-    page.wait_for_selector("#caption-button")
+    _fresh(page, server)
     page.locator("button.gallery-item img[src$='/chelsea.jpg']").click()  # the cat photo among the examples
     page.wait_for_selector("#input-image .image-frame img[src$='/chelsea.jpg']")
     assert _shown_input(page).read_bytes() == (ROOT / "examples" / "chelsea.jpg").read_bytes()
@@ -215,8 +219,7 @@ def test_phone_width_keeps_the_beams_readable(page, server, model):
 
     page.set_viewport_size({"width": 390, "height": 844})
     try:
-        page.goto(server)
-        page.wait_for_selector("#caption-button")
+        _fresh(page, server)
         page.locator("button.gallery-item img[src$='/shapes-three.jpg']").click()
         _caption_and_check(page, model, ROOT / "examples" / "shapes-three.jpg")
         scores = page.locator("#beams [role=gridcell][data-col='1']")  # Gradio's grid: div rows and cells

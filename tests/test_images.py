@@ -125,7 +125,7 @@ def test_rgba_la_pa_composited_on_white(tmp_path):
     assert load_image(pa).getpixel((0, 0)) == WHITE
 
 
-def test_grayscale_and_bilevel(tmp_path):
+def test_grayscale_and_bilevel():
     assert load_image(_encode(Image.new("L", (2, 2), 77), "PNG")).getpixel((0, 0)) == (77, 77, 77)
     one = Image.new("1", (2, 2), 0)
     one.putpixel((1, 1), 1)

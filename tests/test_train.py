@@ -112,7 +112,7 @@ def test_refuses_to_resume_from_an_exported_model(trained, world, tmp_path):
         train.main(tiny_args(world, tmp_path / "c", cache) + ["--resume", str(small)])
 
 
-def test_fine_tune_encoder_end_to_end(world, tmp_path, capsys):
+def test_fine_tune_encoder_end_to_end(world, tmp_path):
     out = tmp_path / "ft"
     args = tiny_args(world, out, tmp_path / "cache", epochs=1)
     summary = train.main(args + ["--fine-tune-encoder", "--fine-tune-blocks", "1", "--max-train-images", "16",
