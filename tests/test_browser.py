@@ -88,8 +88,7 @@ def page(server, tmp_path_factory):
         page = context.new_page()
         page.set_default_timeout(60_000)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.goto(server)
-        page.wait_for_selector("#caption-button")
+        _fresh(page, server)
         yield page
         browser.close()
 
