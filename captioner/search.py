@@ -10,13 +10,15 @@ max_len words and marked unfinished: not an error.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from .decoder import Decoder
-from .text import END_ID, PAD_ID, START_ID
+from .text import END_ID, PAD_ID, START_ID, UNK_ID
 
+BLOCKED = [PAD_ID, START_ID, UNK_ID]  # never emitted: padding, the start symbol and the unknown word
 DEFAULT_MAX_LEN = 30  # tokens decoded per caption, <end> included: room for 3-object relation captions
 
 
@@ -35,10 +37,13 @@ class SearchResult:
 
 
 def _word_logp(logits: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities over the vocabulary; <pad> and <start> are never emitted."""
+    """Log-probabilities over the vocabulary; <pad>, <start> and <unk> are never emitted.
+
+    The probabilities are those of the full softmax (the blocked words' share is not
+    redistributed), so scores stay the model's log-probabilities of the words it wrote.
+    """
     logp = logits.float().log_softmax(-1)
-    logp[:, PAD_ID] = float("-inf")
-    logp[:, START_ID] = float("-inf")
+    logp[:, BLOCKED] = float("-inf")
     return logp
 
 
@@ -79,10 +84,15 @@ def greedy_search(decoder: Decoder, feats: torch.Tensor, max_len: int = DEFAULT_
 def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
     """Beam search for many images at once: B images x K beams run as one (B*K) batch.
 
-    A finished hypothesis keeps its slot and is extended only by <pad> at no cost, so it
-    competes with the live ones by its length-normalised score until every beam of its image
-    has finished (or max_len tokens were decoded). Then the image leaves the batch, so short
-    captions do not pay for the longest one. With K = 1 this is exactly greedy search.
+    Every step ranks each image's candidates (K live beams x V words) by length-normalised
+    score. A candidate ending in <end> that ranks in the top K leaves the beam for the image's
+    pool of finished hypotheses; the K best candidates that do not end stay live, so the beam
+    keeps K hypotheses in progress and a finished caption can never be pushed out by live ones
+    that later fall behind. An image is done once its pool holds K captions (the authors'
+    arctic-captions stops the same way), or after max_len tokens; it then leaves the batch, so
+    short captions do not pay for the longest one. The result is the best of the pool (and, at
+    max_len, of the live beams, cut and marked unfinished) by normalised score; `beams` are its
+    K best. With K = 1 this is exactly greedy search.
     """
     B, N, _ = feats.shape
     K = beam_size
@@ -95,66 +105,56 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_l
     tokens = torch.full((B * K,), START_ID, dtype=torch.long, device=dev)
     cum = torch.zeros(B, K, device=dev)
     cum[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at step 0
-    length = torch.zeros(B, K, device=dev)  # scored tokens so far
-    finished = torch.zeros(B, K, dtype=torch.bool, device=dev)
     seqs = torch.empty(B, K, 0, dtype=torch.long, device=dev)
     hist = torch.empty(B, K, 0, N, device=dev)
-    # A finished beam's only continuation: <pad> at log-probability 0.
-    pad_row = torch.full((V,), float("-inf"), device=dev)
-    pad_row[PAD_ID] = 0.0
     alive = torch.arange(B, device=dev)  # original index of each live image
-    final: list[tuple | None] = [None] * B  # per image: (cum, length, seqs, hist) once it is done
+    pool: list[list[Hypothesis]] = [[] for _ in range(B)]  # finished hypotheses of each image
+    cut: list[list[Hypothesis]] = [[] for _ in range(B)]  # live hypotheses cut at max_len
 
-    for _ in range(max_len):  # at most max_len tokens, <end> included
+    for t in range(max_len):  # at most max_len tokens, <end> included
         Ba = alive.numel()
         ar = torch.arange(Ba, device=dev)[:, None]
         logits, h, c, alpha = decoder.step(tokens, h, c, feats, proj)
-        logp = _word_logp(logits).view(Ba, K, V)
-        logp = torch.where(finished[..., None], pad_row, logp)
-        cand = cum[..., None] + logp  # (Ba, K, V)
-        new_len = (length + (~finished).float())[..., None]  # (Ba, K, 1)
-        norm = (cand / new_len.clamp(min=1.0)).view(Ba, K * V)
+        cand = (cum[..., None] + _word_logp(logits).view(Ba, K, V)).view(Ba, K * V)
+        norm = cand / (t + 1)  # every live beam has t words so far; this candidate is token t + 1
+        # Finished: candidates ending in <end> among the top K of all candidates.
+        top = norm.topk(K, dim=1).indices  # (Ba, K)
+        ends = (top % V == END_ID) & torch.isfinite(cand.gather(1, top))
+        if bool(ends.any()):
+            for j, k in ends.nonzero().tolist():
+                beam = int(top[j, k]) // V
+                pool[int(alive[j])].append(Hypothesis(seqs[j, beam].tolist(), float(norm[j, top[j, k]]),
+                                                      hist[j, beam].cpu(), True))
+        # Live: the K best candidates that do not end.
+        norm[:, END_ID::V] = float("-inf")
         idx = norm.topk(K, dim=1).indices  # (Ba, K)
         beam, tok = idx // V, idx % V
-        cum = cand.view(Ba, K * V).gather(1, idx)
-        length = new_len.squeeze(2).gather(1, beam)
-        was_finished = finished.gather(1, beam)
-        finished = was_finished | (tok == END_ID)
+        cum = cand.gather(1, idx)
         seqs = torch.cat([seqs[ar, beam], tok.unsqueeze(2)], dim=2)
-        a = alpha.float().view(Ba, K, N)[ar, beam]  # (Ba, K, N)
-        a = torch.where(was_finished[..., None], torch.zeros_like(a), a)
-        hist = torch.cat([hist[ar, beam], a.unsqueeze(2)], dim=2)
+        hist = torch.cat([hist[ar, beam], alpha.float().view(Ba, K, N)[ar, beam].unsqueeze(2)], dim=2)
         rows = (ar * K + beam).view(-1)
         h, c = h[rows], c[rows]
         tokens = tok.view(-1)
-        done = finished.all(dim=1)  # (Ba,)
+        done = torch.tensor([len(pool[b]) >= K for b in alive.tolist()], device=dev)
+        if t == max_len - 1:  # cut: the live beams of unfinished images join their results, unfinished
+            for j in (~done).nonzero().flatten().tolist():
+                scores = (cum[j] / (t + 1)).tolist()
+                cut[int(alive[j])] = [Hypothesis(seqs[j, k].tolist(), scores[k], hist[j, k].cpu(), False)
+                                      for k in range(K) if math.isfinite(scores[k])]
+            break
         if bool(done.any()):
-            for j in done.nonzero().flatten().tolist():
-                final[int(alive[j])] = (cum[j], length[j], seqs[j], hist[j])
             keep = (~done).nonzero().flatten()
             if keep.numel() == 0:
                 break
             # Drop the finished images' rows: later steps run only for captions still being written.
             rows = (keep[:, None] * K + torch.arange(K, device=dev)).view(-1)
             feats, proj, h, c, tokens = feats[rows], proj[rows], h[rows], c[rows], tokens[rows]
-            cum, length, finished, seqs, hist = cum[keep], length[keep], finished[keep], seqs[keep], hist[keep]
+            cum, seqs, hist = cum[keep], seqs[keep], hist[keep]
             alive = alive[keep]
-    for j, b in enumerate(alive.tolist()):
-        if final[b] is None:  # still writing at max_len
-            final[b] = (cum[j], length[j], seqs[j], hist[j])
 
     results = []
-    for cum_b, len_b, seqs_b, hist_b in final:
-        cum_b, seqs_b, hist_b = cum_b.cpu(), seqs_b.cpu(), hist_b.cpu()
-        score = cum_b / len_b.cpu().clamp(min=1.0)
-        hyps = []
-        for k in sorted(range(K), key=lambda k: -float(score[k])):
-            if not torch.isfinite(cum_b[k]):  # fewer than K candidates ever existed
-                continue
-            seq = seqs_b[k].tolist()
-            is_finished = END_ID in seq
-            n_words = seq.index(END_ID) if is_finished else len(seq)
-            hyps.append(Hypothesis(seq[:n_words], float(score[k]), hist_b[k, :n_words], is_finished))
+    for b in range(B):
+        hyps = sorted(pool[b] + cut[b], key=lambda hy: -hy.score)[:K]
         results.append(SearchResult(hyps[0], hyps))
     return results
 
