@@ -1,9 +1,12 @@
 """Feature cache and the torch Datasets that feed training and evaluation.
 
-With a frozen encoder the CNN runs once per image: its (N, C) grid is stored in fp16 in one
-.npy per (dataset, split, encoder config), memory-mapped and opened lazily in each DataLoader
-worker (no open file handle is pickled into a worker). Images that cannot be read are
-reported, listed in the cache's index and skipped; they never stop a run.
+With a frozen encoder the CNN runs once per image: its (N, C) grid is stored in fp16 in a cache
+folder (feats.npy + index.json) per (dataset, split, encoder config) and set of images,
+memory-mapped and opened lazily in each DataLoader worker (no open file handle is pickled into
+a worker). A finished folder is immutable: a run reads the images it needs by id from the
+folders that hold them and computes only the missing ones, into a new folder beside them; no
+run rewrites or deletes a cache another run wrote. Images that cannot be read are reported,
+listed in the cache's index and skipped; they never stop a run.
 """
 from __future__ import annotations
 
@@ -13,7 +16,10 @@ import logging
 import math
 import os
 import random
+import re
+import secrets
 import shutil
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .datasets import ImageRecord
-from .distributed import ONE_PROCESS, Dist, barrier
+from .distributed import ONE_PROCESS, Dist, barrier, broadcast_object
 from .encoder import Encoder, EncoderConfig
 from .images import ImageLoadError, load_image
 from .runtime import autocast
@@ -58,7 +64,10 @@ class ImageFileDataset(Dataset):
 
 
 class FeatureCache:
-    """A finished cache folder: feats.npy (M, N, C) fp16 + index.json (image ids, failures)."""
+    """A finished cache folder: feats.npy (M, N, C) fp16 + index.json (image ids, failures).
+
+    A finished folder is never rewritten or deleted: later runs only read it (see FeatureView).
+    """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -90,6 +99,68 @@ class FeatureCache:
         return self.array[self.row_of[image_id]]  # (N, C) fp16
 
 
+class FeatureView:
+    """The features of the requested images, read by id from one or more finished cache folders.
+
+    What `cached_features` returns, with FeatureCache's reading interface: `image_ids` (the
+    readable requested images, in the order of the records), `row_of` (image id -> its row in
+    the array of the folder that holds it: `i in view.row_of` says whether image i has features),
+    `features(image_id)`, `failed` (the requested images that could not be read), `folder` (the
+    first of `folders`) and len(). It pickles without memory maps, like FeatureCache. `array`
+    exists when a single folder serves the view. An image held by several folders is read from
+    the first that holds it readable.
+    """
+
+    def __init__(self, parts: Sequence[FeatureCache], records: Sequence[ImageRecord]):
+        failures = [{f["image_id"]: f for f in c.failed} for c in parts]
+        self.image_ids: list[int] = []
+        self.row_of: dict[int, int] = {}
+        self.failed: list[dict] = []
+        part_of: dict[int, int] = {}
+        seen: set[int] = set()
+        for r in records:
+            i = r.image_id
+            if i in seen:
+                continue
+            seen.add(i)
+            p = next((k for k, c in enumerate(parts) if i in c.row_of), None)
+            if p is not None:
+                self.image_ids.append(i)
+                self.row_of[i] = parts[p].row_of[i]
+                part_of[i] = p
+                continue
+            p = next((k for k, f in enumerate(failures) if i in f), None)
+            if p is None:
+                raise KeyError(f"image {i} is in none of the feature caches {[str(c.folder) for c in parts]}")
+            self.failed.append(failures[p][i])
+            part_of[i] = p
+        used = sorted(set(part_of.values()))  # only the folders that serve something
+        self.parts = [parts[k] for k in used]
+        new = {k: j for j, k in enumerate(used)}
+        self._part_of = {i: new[p] for i, p in part_of.items() if i in self.row_of}
+
+    @property
+    def folders(self) -> list[Path]:
+        return [c.folder for c in self.parts]
+
+    @property
+    def folder(self) -> Path | None:
+        return self.parts[0].folder if self.parts else None
+
+    @property
+    def array(self) -> np.ndarray:
+        if len(self.parts) != 1:
+            raise ValueError(f"these features are in {len(self.parts)} cache folders {self.folders}: "
+                             "read them with features(image_id)")
+        return self.parts[0].array
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def features(self, image_id: int) -> np.ndarray:
+        return self.parts[self._part_of[image_id]].array[self.row_of[image_id]]  # (N, C) fp16
+
+
 class _Progress:
     """Which chunks of a partial cache are written: one marker file per finished chunk."""
 
@@ -115,20 +186,68 @@ class _Progress:
         return [f for k in range(self.chunks) for f in json.loads(self.marker(k).read_text())["failed"]]
 
 
-def _open_work(work: Path, meta: dict, shape: tuple[int, ...]) -> None:
-    """Create the partial cache folder, or keep the one a killed run left if it is for the same job."""
-    if (work / "meta.json").is_file():
+def _on_rank0(dist: Dist, fn: Callable, *args):
+    """fn(*args) computed by rank 0 and handed to every rank; so is the error it raises (no rank is left waiting)."""
+    out = None
+    if dist.main:
         try:
-            same = json.loads((work / "meta.json").read_text()) == json.loads(json.dumps(meta))  # tuples -> lists
-        except (OSError, ValueError):
-            same = False
-        if same and (work / "feats.npy").is_file():
-            return
-        log.info("%s holds another job's partial features; starting it afresh", work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    np.lib.format.open_memmap(work / "feats.npy", mode="w+", dtype=np.float16, shape=shape).flush()
-    (work / "meta.json").write_text(json.dumps(meta))
+            out = fn(*args)
+        except Exception as e:
+            if not dist.enabled:
+                raise
+            out = e
+    out = broadcast_object(dist, out)
+    if isinstance(out, Exception):
+        raise out
+    return out
+
+
+_SAME_JOB = ("image_ids", "paths", "encoder")  # what a partial folder's meta.json must match to be resumed
+
+
+def _open_work(work: Path, meta: dict, shape: tuple[int, ...]) -> dict:
+    """Create the partial cache folder, or resume the one a killed run left for the same images;
+    returns the meta.json in force (a resumed folder keeps its own chunk size).
+
+    The folder appears in one rename, already holding feats.npy and meta.json, so a run never
+    mistakes another's half-created folder for a broken one. A partial folder for other images
+    (another job, which may be running) is never deleted: that is an error here, and
+    cached_features names each job's folder by its images so that it does not happen.
+    """
+    meta = json.loads(json.dumps(meta))  # tuples -> lists, as read back from disk
+    if not work.exists():
+        tmp = work.with_name(f"{work.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+        tmp.mkdir(parents=True)
+        np.lib.format.open_memmap(tmp / "feats.npy", mode="w+", dtype=np.float16, shape=shape).flush()
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.rename(tmp, work)
+            return meta
+        except OSError:  # another process created it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        theirs = json.loads((work / "meta.json").read_text())
+    except (OSError, ValueError):
+        theirs = None
+    if not (isinstance(theirs, dict) and all(theirs.get(k) == meta[k] for k in _SAME_JOB)
+            and isinstance(theirs.get("chunk_size"), int) and (work / "feats.npy").is_file()):
+        raise FileExistsError(f"{work} holds another job's unfinished features (a run may be writing them); "
+                              "it is left alone: delete it yourself if no run is")
+    if theirs["chunk_size"] != meta["chunk_size"]:
+        log.info("%s was started with chunks of %d images: resuming it with those", work, theirs["chunk_size"])
+    return theirs
+
+
+def _start(folder: Path, work: Path, meta: dict, shape: tuple[int, ...]) -> int | None:
+    """Rank 0, before a build: None when `folder` is already finished for these images, else the
+    chunk size of the partial folder it created or resumes. A finished folder is never rebuilt."""
+    if (folder / "index.json").is_file():
+        done = FeatureCache(folder)
+        if set(done.image_ids) | {f["image_id"] for f in done.failed} == set(meta["image_ids"]):
+            log.info("%s is already finished; nothing to compute", folder)
+            return None
+        raise FileExistsError(f"{folder} is a finished feature cache of other images: it is never overwritten")
+    return _open_work(work, meta, shape)["chunk_size"]
 
 
 @torch.no_grad()
@@ -141,16 +260,19 @@ def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder
     `chunk_size` images at a time; a chunk is marked done only once its rows are flushed, so
     a killed run picks up at its first unfinished chunk. Under torchrun the ranks share the
     chunks (the cache folder must then be on a filesystem all of them see). The finished
-    folder is renamed into place in one step.
+    folder is renamed into place in one step. A finished FOLDER is never replaced: for the same
+    images it is returned as it is (also when another process finishes it first), for other
+    images this raises FileExistsError; so does a FOLDER.partial of other images.
     """
     folder = Path(folder)
     work = folder.with_name(folder.name + ".partial")
     n = len(records)
     meta = {"image_ids": [r.image_id for r in records], "paths": [r.path for r in records],
             "encoder": asdict(encoder.cfg), "chunk_size": chunk_size}
-    if dist.main:
-        _open_work(work, meta, (n, encoder.num_cells, encoder.channels))
-    barrier(dist)
+    shape = (n, encoder.num_cells, encoder.channels)
+    chunk_size = _on_rank0(dist, _start, folder, work, meta, shape)
+    if chunk_size is None:
+        return FeatureCache(folder)
     prog = _Progress(work, n, chunk_size)
     todo = [k for k in range(prog.chunks) if not prog.done(k)]
     mine = todo[dist.rank::dist.world]
@@ -195,12 +317,19 @@ def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder
     del arr
     barrier(dist)
     if dist.main:
-        _finish(work, folder, records, prog.failed(), encoder)
+        _finish(work, folder, records, prog, encoder)
     barrier(dist)
     return FeatureCache(folder)
 
 
-def _finish(work: Path, folder: Path, records: Sequence[ImageRecord], failed: list[dict], encoder: Encoder) -> None:
+def _finish(work: Path, folder: Path, records: Sequence[ImageRecord], prog: _Progress, encoder: Encoder) -> None:
+    """Turn the complete partial folder into the finished one, unless another process finished
+    the same job first: then its folder is kept and this work dropped. Never deletes a finished cache."""
+    if (folder / "index.json").is_file():
+        log.info("%s was finished by another run meanwhile: keeping it, dropping %s", folder, work)
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    failed = prog.failed()
     bad = {f["image_id"] for f in failed}
     ok = [(row, r.image_id) for row, r in enumerate(records) if r.image_id not in bad]
     # Unreadable images keep their (empty) rows; index.json maps each good image id to its row.
@@ -211,25 +340,80 @@ def _finish(work: Path, folder: Path, records: Sequence[ImageRecord], failed: li
     (work / "meta.json").unlink()
     with open(work / "index.json", "w") as f:
         json.dump(index, f)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(work, folder)
+    try:
+        os.rename(work, folder)  # fails on an existing (non-empty) folder: nothing is replaced
+    except OSError:
+        if not (folder / "index.json").is_file():
+            raise
+        log.info("%s was finished by another run meanwhile: keeping it, dropping %s", folder, work)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     if failed:
         log.warning("%d of %d images could not be read and were skipped (listed in %s)",
                     len(failed), len(records), folder / "index.json")
 
 
+def _images_key(records: Sequence[ImageRecord]) -> str:
+    """Names the folder a job writes: a hash of its images (ids and paths, in order)."""
+    blob = json.dumps([[r.image_id, r.path] for r in records]).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def _siblings(base: Path, suffix: str = "") -> list[Path]:
+    """`base` and the folders written beside it (`base+<images key>`), with `suffix` (".partial") appended."""
+    pattern = re.compile(re.escape(base.name) + r"(\+[0-9a-f]{12})?" + re.escape(suffix))
+    if not base.parent.is_dir():
+        return []
+    return sorted(p for p in base.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir())
+
+
+def _plan(base: Path, records: list[ImageRecord]) -> tuple[list[str], list[int], str | None]:
+    """Rank 0 decides for all: the finished folders that serve `records` (names, in the order a
+    FeatureView takes them), the records in none of them (indices) and the folder those go to."""
+    caches = [FeatureCache(p) for p in _siblings(base) if (p / "index.json").is_file()]
+    want = {r.image_id for r in records}
+    caches.sort(key=lambda c: (-len(want.intersection(c.row_of)), c.folder.name))  # fewest folders first
+    held = set()
+    for c in caches:
+        held.update(want.intersection(c.row_of), want.intersection(f["image_id"] for f in c.failed))
+    view = FeatureView(caches, [r for r in records if r.image_id in held])
+    served = Counter(view._part_of.values())
+    for k, c in enumerate(view.parts):
+        log.info("reusing %s: %d of the %d images read from it", c.folder, served[k], len(records))
+    missing, seen = [], set()
+    for k, r in enumerate(records):
+        if r.image_id not in held and r.image_id not in seen:
+            missing.append(k)
+            seen.add(r.image_id)
+    name = f"{base.name}+{_images_key([records[k] for k in missing])}" if missing else None
+    for p in _siblings(base, ".partial"):
+        if p.name != f"{name}.partial":
+            log.info("leaving %s alone: another job's unfinished features (delete it if no run is writing it)", p)
+    return [c.folder.name for c in view.parts], missing, name
+
+
 def cached_features(encoder: Encoder, records: Sequence[ImageRecord], cache_root: str | os.PathLike,
-                    dataset: str, split: str, **kw) -> FeatureCache:
-    """The cache for (dataset, split, encoder config), built on first use and reused after."""
-    folder = Path(cache_root) / dataset / f"{split}-{encoder.cfg.backbone}-{encoder_key(encoder.cfg)}"
-    if (folder / "index.json").is_file():
-        cache = FeatureCache(folder)
-        if set(cache.image_ids) | {f["image_id"] for f in cache.failed} == {r.image_id for r in records}:
-            return cache
-        log.info("feature cache %s is for other images; rebuilding", folder)
-    log.info("computing features for %d %s/%s images into %s", len(records), dataset, split, folder)
-    return build_feature_cache(encoder, records, folder, **kw)
+                    dataset: str, split: str, *, dist: Dist = ONE_PROCESS, **kw) -> FeatureView:
+    """The features of `records` for (dataset, split, encoder config), computed once and reused after.
+
+    Every finished cache folder of (dataset, split, encoder config) is read: the base folder
+    `<split>-<backbone>-<encoder key>` and those beside it, `<base>+<images key>`. Records that
+    some folder holds (readable or recorded as unreadable) are served from it, by image id;
+    only the others go through the encoder, into a new folder `<base>+<key of those images>`
+    (so two runs with different images never share a partial folder). No folder is rewritten
+    or deleted. `kw` goes to build_feature_cache.
+    """
+    base = Path(cache_root) / dataset / f"{split}-{encoder.cfg.backbone}-{encoder_key(encoder.cfg)}"
+    records = list(records)
+    used, missing, name = _on_rank0(dist, _plan, base, records)
+    parts = [FeatureCache(base.parent / u) for u in used]
+    if missing:
+        folder = base.parent / name
+        if dist.main:
+            log.info("computing features for %d of %d %s/%s images into %s", len(missing), len(records),
+                     dataset, split, folder)
+        parts.append(build_feature_cache(encoder, [records[k] for k in missing], folder, dist=dist, **kw))
+    return FeatureView(parts, records)
 
 
 def _pick(seed: int, epoch: int, index: int, n: int) -> int:
@@ -246,7 +430,7 @@ class CaptionFeatureDataset(Dataset):
     data in any worker); "all": one item per reference caption.
     """
 
-    def __init__(self, cache: FeatureCache, records: Sequence[ImageRecord], vocab: Vocab,
+    def __init__(self, cache: FeatureCache | FeatureView, records: Sequence[ImageRecord], vocab: Vocab,
                  max_len: int = 30, per_image: str = "one", seed: int = 0):
         if per_image not in ("one", "all"):
             raise ValueError(f"per_image must be 'one' or 'all', not {per_image!r}")
