@@ -10,11 +10,14 @@ through here, so the special tokens and their ids are fixed in one place:
 The tokenizer imitates the Stanford PTBTokenizer that pycocoevalcap runs
 before scoring (lower-cased, Penn-Treebank splitting, punctuation tokens
 removed) without needing Java or downloaded data, so that the words the
-model is trained on are the words the COCO metrics compare.
+model is trained on are the words the COCO metrics compare.  The splitting
+is NLTK's TreebankWordTokenizer; Unicode clean-up, lower-casing, sentence-
+final periods and the punctuation removal are done here (see ``tokenize``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
@@ -74,52 +77,65 @@ _UNICODE_MAP = str.maketrans(
     }
 )
 
-# --- Penn-Treebank style splitting ------------------------------------------
-# Rules follow NLTK's TreebankWordTokenizer (itself a port of the PTB sed
-# script), run on lower-cased text padded with spaces.  They run in two
-# passes with sentence-final periods split off in between, because the
-# clitic rules need "man's." to have become "man's ." first.
-_PUNCT_RULES: list[tuple[re.Pattern[str], str]] = [
-    # double quotes: they are dropped later, so only need to stand alone
-    (re.compile(r'"'), ' " '),
-    # a single quote opening a word ('hello') is a quote, unless it starts an
-    # elided word ('90s, 'em, 'tis, 'n') that the PTB tokenizer keeps whole
-    (
-        re.compile(r"(?<![^\s(\[{<])'(?!(?:s|m|d|t|ll|re|ve|n|em|tis|twas|cause)\b)(?=[^\W\d_])"),
-        " ` ",
-    ),
-    # ellipses and dash runs go before the single-character rules
-    (re.compile(r"\.{2,}"), " ... "),
-    (re.compile(r"--+"), " -- "),
-    # commas and colons, except inside numbers (1,000 / 10:30)
-    (re.compile(r"([:,])([^\d])"), r" \1 \2"),
-    (re.compile(r"([:,])$"), r" \1 "),
-    (re.compile(r"(\D)([:,])"), r"\1 \2 "),
-    (re.compile(r"[;@#$%&?!]"), r" \g<0> "),
-    (re.compile(r"[\]\[(){}<>]"), r" \g<0> "),
-    # a quote closing a word (dogs' / 'hello')
-    (re.compile(r"([^'\s])' "), r"\1 ' "),
-]
-_CLITIC_RULES: list[tuple[re.Pattern[str], str]] = [
-    # man's -> man 's, don't -> do n't, we'll -> we 'll
-    (re.compile(r"([^'\s])('s|'m|'d) "), r"\1 \2 "),
-    (re.compile(r"([^'\s])('ll|'re|'ve|n't) "), r"\1 \2 "),
-    # PTB splits these fused forms too
-    (re.compile(r"\b(can)(not)\b"), r"\1 \2"),
-    (re.compile(r"\b(d)('ye)\b"), r"\1 \2"),
-    (re.compile(r"\b(gim)(me)\b"), r"\1 \2"),
-    (re.compile(r"\b(gon)(na)\b"), r"\1 \2"),
-    (re.compile(r"\b(got)(ta)\b"), r"\1 \2"),
-    (re.compile(r"\b(lem)(me)\b"), r"\1 \2"),
-    (re.compile(r"\b(wan)(na)(?=\s)"), r"\1 \2"),
-    (re.compile(r" ('t)(is|was)\b"), r" \1 \2"),
-]
+# --- Penn-Treebank splitting -------------------------------------------------
+# The splitting itself is NLTK's TreebankWordTokenizer (a port of the Penn
+# Treebank sed script; it needs no downloaded data).  A few small steps run
+# on the lower-cased text before it, each for a case where NLTK alone would
+# give other tokens than the previous tokenizer and pycocoevalcap's Java
+# PTBTokenizer (bench/tokenizer_compare.py compares all three):
+#
+# 1. Runs of periods ("..", "....") become "..." and runs of hyphens ("---")
+#    become "--": NLTK splits off only exactly "..." and "--", so
+#    "a man---wearing" would give the token "-wearing".
+# 2. A comma or colon right after a word is split off even before a digit
+#    ("a dog,2 cats" -> "dog , 2"; NLTK would keep "dog,2").  Between digits
+#    ("1,000", "10:30") it stays, as in NLTK.
+# 3. Sentence-final periods.  NLTK treats its input as one sentence and
+#    splits only the period at the very end of the string, so in "a dog. it
+#    runs." it would keep "dog." whole.  Every word that ends in one period
+#    (before any closing brackets or quotes) has it split off here, except
+#    abbreviations ("mr.", "etc.", "u.s.", "a.m."), whose period belongs to
+#    the word.  A lone " ." is then appended, so that NLTK's end-of-string
+#    period rule splits only that and never an abbreviation's period ("in the
+#    u.s." keeps "u.s."); "." is dropped as punctuation anyway.
+# 4. Opening single quotes.  NLTK has no rule for them, so "'hello'" would
+#    keep "'hello".  A quote opening a word is split off as "`", unless it
+#    starts an elided word ('90s, 'em, 'tis, 'n) that PTB keeps whole.
 
 # Abbreviations whose final period belongs to the word, as in the PTB
 # tokenizer ("u.s." and "a.m." are handled by the pattern below).
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "jr", "sr", "st", "vs", "etc", "inc", "ltd", "co"})
 _MULTI_DOT_ABBREV = re.compile(r"^(?:[^\W\d_]\.){2,}$")
-_TRAILING_PERIOD = re.compile(r"^(.*[^.])\.$")
+# a whitespace-separated chunk: openers, the word, one period, closers
+_PERIOD_CHUNK = re.compile(r"""^([(\[{<"'`]*)(.*[^.])\.([)\]}>"']*)$""")
+_PRE_RULES = [  # steps 1 and 2
+    (re.compile(r"\.{2,}"), " ... "),
+    (re.compile(r"-{2,}"), " -- "),
+    (re.compile(r"(?<=[^\d\s])[:,](?=\d)"), r" \g<0> "),
+]
+_OPENING_QUOTE = re.compile(
+    r"(?<![^\s(\[{<])'(?!(?:s|m|d|t|ll|re|ve|n|em|tis|twas|cause)\b)(?=[^\W\d_])"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _treebank() -> Any:
+    # Imported on first use: importing nltk takes about a second, and most
+    # users of this module (loading a checkpoint, serving) never tokenize.
+    from nltk.tokenize import TreebankWordTokenizer
+
+    return TreebankWordTokenizer()
+
+
+def _split_final_period(chunk: str) -> str:
+    """"dog." -> "dog .", "(dog.)" -> "(dog .)"; abbreviations keep their period."""
+    m = _PERIOD_CHUNK.match(chunk)
+    if m is None:
+        return chunk
+    opener, word, closer = m.groups()
+    if word in _ABBREVIATIONS or _MULTI_DOT_ABBREV.match(word + "."):
+        return chunk
+    return f"{opener}{word} .{closer}"
 
 
 def _normalise_unicode(text: str) -> str:
@@ -131,32 +147,24 @@ def _normalise_unicode(text: str) -> str:
     return "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
 
 
-def _split_period(token: str) -> list[str]:
-    """Split a sentence-final period off a word ("dog." -> "dog", ".")."""
-    m = _TRAILING_PERIOD.match(token)
-    if m is None:
-        return [token]
-    word = m.group(1)
-    if word in _ABBREVIATIONS or _MULTI_DOT_ABBREV.match(token):
-        return [token]
-    return [word, "."]
-
-
 def tokenize(text: str) -> list[str]:
     """Split a caption into lower-case PTB-style tokens, punctuation removed.
+
+    Unicode clean-up and lower-casing, the small steps described above,
+    NLTK's TreebankWordTokenizer, then the tokens pycocoevalcap's
+    PTBTokenizer removes (``PUNCTUATION``) are dropped.
 
     >>> tokenize("A man's dog doesn't bark, really.")
     ['a', 'man', "'s", 'dog', 'does', "n't", 'bark', 'really']
     """
     if not isinstance(text, str):
         raise TypeError(f"tokenize() expects a str, got {type(text).__name__}")
-    text = " " + _normalise_unicode(text).lower() + " "
-    for pattern, repl in _PUNCT_RULES:
+    text = _normalise_unicode(text).lower()
+    for pattern, repl in _PRE_RULES:
         text = pattern.sub(repl, text)
-    text = " " + " ".join(t for raw in text.split() for t in _split_period(raw)) + " "
-    for pattern, repl in _CLITIC_RULES:
-        text = pattern.sub(repl, text)
-    return [tok for tok in text.split() if tok not in PUNCTUATION]
+    text = " ".join(_split_final_period(chunk) for chunk in text.split()) + " ."
+    text = _OPENING_QUOTE.sub(" ` ", text)
+    return [tok for tok in _treebank().tokenize(text) if tok not in PUNCTUATION]
 
 
 class Vocab:
