@@ -478,3 +478,96 @@ def attention_grounding(
         "grounding_chance": float(np.mean(chance)),
         "grounding_words": len(inside),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# BLEU as nltk computes it (to compare with tutorials; not a COCO metric)
+# --------------------------------------------------------------------------------------------
+
+NLTK_BLEU_KEYS = ("nltk_BLEU-1", "nltk_BLEU-2", "nltk_BLEU-3", "nltk_BLEU-4")
+# BLEU-n: the geometric mean of the 1..n-gram precisions, as pycocoevalcap's BLEU-n.
+NLTK_BLEU_WEIGHTS = ((1.0, 0.0, 0.0, 0.0), (0.5, 0.5, 0.0, 0.0), (1 / 3, 1 / 3, 1 / 3, 0.0), (0.25,) * 4)
+
+
+def _nltk_bleu_tokens(
+    list_of_references: Sequence[Sequence[Sequence[str]]], hypotheses: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """nltk_BLEU-1..4 of already tokenised text: one hypothesis and its references per entry."""
+    import warnings
+
+    from nltk.translate.bleu_score import corpus_bleu
+
+    with warnings.catch_warnings():
+        # An n-gram order without a single match makes nltk warn (once per call) and use
+        # sys.float_info.min as that precision; the score is then ~0, which is what we report.
+        warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts", category=UserWarning)
+        scores = corpus_bleu([list(map(list, refs)) for refs in list_of_references],
+                             [list(h) for h in hypotheses], weights=list(NLTK_BLEU_WEIGHTS))
+    return {key: float(s) for key, s in zip(NLTK_BLEU_KEYS, scores)}
+
+
+def nltk_corpus_bleu(predictions: dict[Any, str], references: dict[Any, list[str]]) -> dict[str, float]:
+    """Corpus BLEU-1..4 computed with ``nltk.translate.bleu_score.corpus_bleu``, labelled "nltk_BLEU-n".
+
+    Reported next to pycocoevalcap's BLEU (``coco_caption_scores``) so that numbers from tutorials
+    that use nltk can be compared; it is not the COCO metric and must not be reported as "BLEU-4".
+
+    How it is computed: both sides are tokenised with ``captioner.text.tokenize`` (the project's
+    tokenizer, the one the vocabulary is built with: nltk's TreebankWordTokenizer, lower-cased,
+    punctuation removed as pycocoevalcap does). References that tokenise to nothing are dropped
+    (ValueError if all of an image's are). Each image is one entry of ``corpus_bleu``: its
+    prediction against all its references, once (no duplication). One ``corpus_bleu`` call with
+    weights (1,0,0,0), (1/2,1/2,0,0), (1/3,1/3,1/3,0), (1/4,1/4,1/4,1/4), no smoothing
+    (``SmoothingFunction().method0``), ``auto_reweigh=False``. nltk's corpus BLEU is Papineni's:
+    clipped n-gram matches and n-gram counts are summed over the corpus before dividing, and the
+    brevity penalty, exp(1 - r/c) when c < r (else 1), uses c = total prediction length and
+    r = the sum over images of the reference length closest to the prediction's (ties: the
+    shorter).
+
+    Compared with pycocoevalcap's BLEU (``Bleu(4)``, option "closest"), the definition is the
+    same (summed counts, closest reference length per image, geometric mean of 1..n precisions);
+    the numbers differ only by
+      * tokens: pycocoevalcap's BLEU in ``coco_caption_scores`` scores Java PTBTokenizer output,
+        this function ``tokenize()`` output. These agree on ordinary captions, but not
+        everywhere: pycocoevalcap keeps "-lrb-"/"-rrb-" for brackets and "?!"-style runs, which
+        ``tokenize()`` drops (bench/tokenizer_compare.py lists the differences);
+      * short predictions: nltk counts at least one n-gram per prediction and order
+        (``max(1, count)``), so a 3-word prediction adds 1 to the 4-gram denominator; pycocoevalcap
+        counts ``max(0, len - n + 1)``, i.e. 0;
+      * an n-gram order with no match in the whole corpus: nltk uses ``sys.float_info.min`` as
+        its precision, so BLEU-n for n >= that order is effectively 0 (BLEU-4 ~1e-77), and every
+        score is exactly 0.0 when no unigram matches; pycocoevalcap uses
+        (0 + 1e-15) / (count + 1e-9), a small non-zero BLEU (BLEU-4 ~1e-5 when only the
+        4-grams never match);
+      * rounding: pycocoevalcap adds 1e-15 / 1e-9 to every ratio (relative effect ~1e-9) and
+        applies a brevity penalty of ~1 - 1e-9/c even when c == r (nltk: exactly 1).
+
+    Compared with the most-used PyTorch Show-Attend-Tell tutorial (sgrvinod's
+    a-PyTorch-Tutorial-to-Image-Captioning, ``eval.py``, whose "test BLEU-4 33.29" is
+    ``corpus_bleu(references, hypotheses)`` x 100): the tutorial scores word ids built from
+    Karpathy's pre-tokenised ``tokens`` (not PTB-tokenised), keeps ``<unk>`` in both hypothesis
+    and references (a generated ``<unk>`` matches any reference word that was rare in training),
+    keeps only 5 references per image (sampled when COCO has more), and appends every image once
+    per reference caption, i.e. 5 times; that duplication scales every sum by 5 and so does not
+    change corpus BLEU. Its brevity penalty is nltk's, with the closest reference length, as
+    here and as in pycocoevalcap (``Bleu.compute_score`` passes option "closest"). This function
+    uses real words (no ``<unk>``), all references and the project's tokens, and reports 0-1
+    (not x 100).
+    """
+    _check_ids(predictions, references)
+    from .text import tokenize
+
+    hypotheses: list[list[str]] = []
+    list_of_references: list[list[list[str]]] = []
+    for img_id in references:
+        caption, refs = predictions[img_id], references[img_id]
+        if not isinstance(caption, str):
+            raise TypeError(f"prediction for {img_id!r} is {type(caption).__name__}, not str")
+        if isinstance(refs, str) or not refs or not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"references for {img_id!r} must be a non-empty list of str")
+        ref_tokens = [t for t in map(tokenize, refs) if t]
+        if not ref_tokens:
+            raise ValueError(f"all references for image {img_id!r} are empty after tokenisation")
+        hypotheses.append(tokenize(caption))
+        list_of_references.append(ref_tokens)
+    return _nltk_bleu_tokens(list_of_references, hypotheses)

@@ -366,3 +366,81 @@ def test_relation_accuracy_on_hand_made_scenes():
     preds[1] = "a small purple circle is to the left of a large blue square"  # names an absent object
     r = M.relation_accuracy(preds, objs)
     assert r["relations_checked"] == 0 and math.isnan(r["relation_accuracy"])
+
+
+# ---------------------------------------------------------------- nltk BLEU (tutorial comparison)
+
+
+def test_nltk_bleu_keys_are_labelled_and_identical_captions_score_one():
+    scores = M.nltk_corpus_bleu(GOOD, REFS)
+    assert tuple(scores) == M.NLTK_BLEU_KEYS == ("nltk_BLEU-1", "nltk_BLEU-2", "nltk_BLEU-3", "nltk_BLEU-4")
+    assert not set(scores) & set(M.METRIC_KEYS)  # never mistaken for the COCO scorer's BLEU
+    assert all(type(v) is float for v in scores.values())
+    assert scores == {k: pytest.approx(1.0, abs=1e-12) for k in M.NLTK_BLEU_KEYS}
+
+
+def test_nltk_bleu1_matches_hand_computation():
+    hyp = "red red red circle"
+    refs = ["a red circle on top", "the red circle is very red here"]
+    # Same case as test_bleu1_matches_hand_computation: 3/4 clipped, closest reference 5 words.
+    scores = M.nltk_corpus_bleu({7: hyp}, {7: refs})
+    assert scores["nltk_BLEU-1"] == pytest.approx(0.75 * math.exp(1 - 5 / 4), rel=1e-12)
+    assert scores["nltk_BLEU-1"] == pytest.approx(_bleu1_by_hand(hyp, refs), rel=1e-12)
+    # Bigrams: "red red" x2 (no reference has it), "red circle" (1) -> 1/3.
+    assert scores["nltk_BLEU-2"] == pytest.approx(math.sqrt(0.75 * 1 / 3) * math.exp(1 - 5 / 4), rel=1e-12)
+
+
+PARTIAL = {1: "a red circle to the left of a square", 2: "two green triangles below a yellow star",
+           3: "a man riding a brown horse on the sand", 4: "a plate of rice and broccoli"}
+
+
+def test_nltk_bleu_equals_pycocoevalcap_on_the_same_tokens(monkeypatch):
+    # Without Java, coco_caption_scores tokenises with text.tokenize too: the same tokens on both
+    # sides, predictions of 4+ words with matches at every order -> the two BLEUs agree.
+    monkeypatch.setattr(M, "java_available", lambda: False)
+    coco, info = M.coco_caption_scores(PARTIAL, REFS, metrics=[f"BLEU-{n}" for n in range(1, 5)])
+    assert "PTB-like" in info["tokenizer"]
+    nltk_scores = M.nltk_corpus_bleu(PARTIAL, REFS)
+    assert 0.3 < coco["BLEU-4"] < 0.9
+    for n in range(1, 5):
+        assert nltk_scores[f"nltk_BLEU-{n}"] == pytest.approx(coco[f"BLEU-{n}"], rel=1e-7)
+
+
+def test_nltk_bleu_counts_an_ngram_for_short_predictions(monkeypatch):
+    # Two exact matches, of 5 and 3 words. pycocoevalcap: 2 of 2 4-grams match -> BLEU-4 = 1.
+    # nltk counts max(1, 0) = 1 4-gram for the 3-word prediction -> p4 = 2/3, BLEU-4 = (2/3)^(1/4).
+    preds = {1: "a red circle and square", 2: "a blue star"}
+    refs = {1: ["a red circle and square"], 2: ["a blue star"]}
+    monkeypatch.setattr(M, "java_available", lambda: False)
+    coco, _ = M.coco_caption_scores(preds, refs, metrics=["BLEU-3", "BLEU-4"])
+    assert coco["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    nltk_scores = M.nltk_corpus_bleu(preds, refs)
+    assert nltk_scores["nltk_BLEU-3"] == pytest.approx(1.0)
+    assert nltk_scores["nltk_BLEU-4"] == pytest.approx((2 / 3) ** 0.25, rel=1e-12)
+
+
+def test_nltk_bleu_zero_matches_empty_and_errors(recwarn):
+    assert M.nltk_corpus_bleu({1: "zebra"}, {1: ["a red circle"]}) == {k: 0.0 for k in M.NLTK_BLEU_KEYS}
+    # an empty prediction, and one that is only punctuation
+    empty = M.nltk_corpus_bleu({1: "", 2: "..."}, {1: REFS[1], 2: REFS[2]})
+    assert empty == {k: 0.0 for k in M.NLTK_BLEU_KEYS}
+    # No 4-gram match: nltk's unsmoothed BLEU-4 is ~0 (it uses sys.float_info.min), BLEU-1 is not.
+    scores = M.nltk_corpus_bleu({1: "a circle red a"}, {1: ["a red circle"]})
+    assert scores["nltk_BLEU-1"] == pytest.approx(0.75) and scores["nltk_BLEU-4"] < 1e-70
+    assert not [w for w in recwarn if "counts of" in str(w.message)]  # nltk's warning is swallowed
+    with pytest.raises(ValueError, match="missing"):
+        M.nltk_corpus_bleu({1: "a"}, {1: ["a"], 2: ["b"]})
+    with pytest.raises(ValueError, match="empty after tokenisation"):
+        M.nltk_corpus_bleu({1: "a"}, {1: ["...", "!"]})
+    with pytest.raises(TypeError):
+        M.nltk_corpus_bleu({1: ["a"]}, {1: ["a"]})
+
+
+def test_nltk_corpus_bleu_ignores_repeating_every_image():
+    # The tutorial appends each image once per reference caption (5x); corpus BLEU sums counts,
+    # so repeating every entry the same number of times leaves every score unchanged.
+    refs = [[r.split() for r in REFS[i]] for i in REFS]
+    hyps = [PARTIAL[i].split() for i in REFS]
+    once = M._nltk_bleu_tokens(refs, hyps)
+    five = M._nltk_bleu_tokens([r for r in refs for _ in range(5)], [h for h in hyps for _ in range(5)])
+    assert five == once
