@@ -36,13 +36,17 @@ class DecoderConfig:
 
 
 class SoftAttention(nn.Module):
-    """e_ti = w^T tanh(W_a a_i + W_h h_{t-1});  alpha_t = softmax_i(e_ti)."""
+    """e_ti = w^T tanh(W_a a_i + W_h h_{t-1} + b);  alpha_t = softmax_i(e_ti).
+
+    One bias b (in feat_proj): a second one in hidden_proj would only add to it, and a bias on
+    the score would shift every e_ti alike, which the softmax ignores.
+    """
 
     def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
         super().__init__()
         self.feat_proj = nn.Linear(feature_dim, attention_dim)
-        self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
-        self.score = nn.Linear(attention_dim, 1)
+        self.hidden_proj = nn.Linear(hidden_dim, attention_dim, bias=False)
+        self.score = nn.Linear(attention_dim, 1, bias=False)
 
     def forward(self, feats: torch.Tensor, feat_proj: torch.Tensor, h: torch.Tensor):
         # feats (B, N, C); feat_proj (B, N, A) precomputed once per image; h (B, n)
@@ -73,10 +77,14 @@ class Decoder(nn.Module):
             self.f_beta = nn.Linear(n, 1 if cfg.gate == "scalar" else C)
         self.lstm = nn.LSTMCell(m + C, n)
         self.dropout = nn.Dropout(cfg.dropout)
-        # Deep output: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))  (eq. 7)
+        # Deep output: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))  (eq. 7); one bias (L_h's) inside.
         self.L_h = nn.Linear(n, m)
-        self.L_z = nn.Linear(C, m)
+        self.L_z = nn.Linear(C, m, bias=False)
         self.L_o = nn.Linear(m, cfg.vocab_size)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also reads weights saved before the redundant biases were removed (see fold_redundant_biases)."""
+        return super().load_state_dict(fold_redundant_biases(state_dict), strict=strict, assign=assign)
 
     # --- the stages search.py calls -------------------------------------------------------
     def prepare(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +142,30 @@ class Decoder(nn.Module):
         return torch.stack(logits, 1), torch.stack(alphas, 1)
 
 
+# Biases that earlier releases had and that change nothing but their partner's: (removed, partner).
+_FOLDED = (("attention.hidden_proj.bias", "attention.feat_proj.bias"), ("L_z.bias", "L_h.bias"))
+_DEAD = ("attention.score.bias",)  # shifts every attention score alike: the softmax ignores it
+
+
+def fold_redundant_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A decoder state_dict in the current layout: each removed bias added into its partner.
+
+    hidden_proj's bias and feat_proj's are summed inside the same tanh, as are L_z's and L_h's,
+    so folding one into the other gives the same function; the score's bias is dropped (softmax
+    is shift-invariant). States already in the current layout are returned unchanged.
+    """
+    if not any(k in state for k, _ in _FOLDED) and not any(k in state for k in _DEAD):
+        return state
+    state = dict(state)
+    for removed, partner in _FOLDED:
+        if removed in state:
+            bias = state.pop(removed)
+            state[partner] = state[partner] + bias.to(state[partner].dtype)
+    for k in _DEAD:
+        state.pop(k, None)
+    return state
+
+
 def attention_regularizer(alphas: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Doubly stochastic term sum_i (1 - sum_t alpha_ti)^2 (eq. 14), averaged over the batch.
 
@@ -150,15 +182,30 @@ def attention_regularizer(alphas: torch.Tensor, mask: torch.Tensor, reduction: s
     raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
 
 
+OBJECTIVES = ("token", "paper")
+
+
 def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, tokens: torch.Tensor,
-                 att_lambda: float = 1.0, att_reduction: str = "mean"):
+                 att_lambda: float = 1.0, att_reduction: str = "mean", objective: str = "token"):
     """Masked cross-entropy over the real words (+ <end>) plus the attention regulariser.
 
+    objective="token": cross-entropy averaged over the batch's tokens, plus
+        att_lambda * the regulariser reduced over locations by `att_reduction`, averaged over images.
+    objective="paper": Xu et al.'s objective as the authors' capgen.py computes it: each
+        caption's cross-entropy summed over its words, averaged over captions, plus
+        att_lambda * sum_i (1 - sum_t alpha_ti)^2 averaged over captions (the "sum" reduction;
+        `att_reduction` is not used).
     Returns (total, cross_entropy, regulariser) as tensors.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
     targets = tokens[:, 1:]  # (B, T-1)
     mask = targets != PAD_ID
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                         ignore_index=PAD_ID)
-    reg = attention_regularizer(alphas.float(), mask.float(), att_reduction) if att_lambda else ce.new_zeros(())
+    ce_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                             ignore_index=PAD_ID, reduction="sum")
+    # Sums divided by at least 1: an empty share of a batch (DDP) contributes 0, not NaN.
+    per = tokens.shape[0] if objective == "paper" else mask.sum()
+    ce = ce_sum / per.clamp(min=1) if torch.is_tensor(per) else ce_sum / max(per, 1)
+    reduction = "sum" if objective == "paper" else att_reduction
+    reg = attention_regularizer(alphas.float(), mask.float(), reduction) if att_lambda else ce.new_zeros(())
     return ce + att_lambda * reg, ce, reg

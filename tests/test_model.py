@@ -1,6 +1,8 @@
 """Encoder weights, decoder shapes / gradients, the gate, the regulariser and search properties."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -199,3 +201,141 @@ def test_other_backbone_from_a_weights_file(tmp_path):
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(EncoderWeightsError, match="does not fit"):
         Encoder(EncoderConfig(backbone="resnet18", stages=(3,), weights=str(tmp_path / "wrong.pth")))
+
+
+class ScriptedDecoder:
+    """A decoder whose next-word distribution is a table keyed by the words so far (search only calls
+    prepare, init_state and step). Words not in a row share what is left of the probability."""
+
+    def __init__(self, table: dict[tuple[int, ...], dict[int, float]], vocab_size: int = 10, max_len: int = 12):
+        self.table, self.max_len = table, max_len
+        self.cfg = DecoderConfig(vocab_size=vocab_size, feature_dim=1, grid=(1, 1))
+        self.training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def prepare(self, feats):
+        return feats, feats
+
+    def init_state(self, feats):  # h carries the words so far: (B, 1 + max_len), h[:, 0] = length
+        return feats.new_zeros(feats.shape[0], 1 + self.max_len), feats.new_zeros(feats.shape[0], 1)
+
+    def step(self, tokens, h, c, feats, proj):
+        h = h.clone()
+        V = self.cfg.vocab_size
+        logits = torch.empty(len(tokens), V)
+        for i, tok in enumerate(tokens.tolist()):
+            n = int(h[i, 0])
+            if tok != START_ID:
+                h[i, 1 + n] = tok
+                h[i, 0] = n = n + 1
+            row = self.table.get(tuple(int(x) for x in h[i, 1: 1 + n]), {})
+            rest = (1.0 - sum(row.values())) / (V - 3 - len(row))  # over the words that can be emitted (<end> too)
+            p = torch.full((V,), max(rest, 1e-9))
+            p[[PAD_ID, START_ID, 3]] = 1e-9
+            for w, q in row.items():
+                p[w] = q
+            logits[i] = p.log()
+        return logits, h, c, torch.ones(len(tokens), 1)
+
+
+A, B_, C_, D_ = 4, 5, 6, 7
+SCRIPT = {
+    (): {A: 0.5, B_: 0.45},
+    (A,): {END_ID: 0.5},  # "a <end>": -0.693 per token
+    (B_,): {C_: 0.9, D_: 0.09},  # "b c" -0.452 ranks above it ...
+    (B_, C_): {D_: 0.6, C_: 0.39},  # ... then "b c d" and "b c c" both do: two live beams outrank "a <end>"
+    (B_, C_, D_): {END_ID: 0.2, C_: 0.1},  # and later all fall behind it
+    (B_, C_, C_): {END_ID: 0.2, D_: 0.1},
+}
+
+
+def test_beam_keeps_a_finished_caption_that_live_beams_briefly_outrank():
+    """Xu et al.'s reference search moves finished captions out of the beam. Holding them in a beam
+    slot instead loses `a <end>` once two live beams outrank it, and returns a worse caption."""
+    dec = ScriptedDecoder(SCRIPT)
+    for max_len in (4, 5, 12):
+        r = search(dec, torch.zeros(1, 1, 1), beam_size=2, max_len=max_len)[0]
+        assert r.best.tokens == [A] and r.best.finished
+        assert r.best.score == pytest.approx(math.log(0.5), abs=1e-5)
+        assert len(r.beams) == 2 and r.beams[1].score < r.best.score
+    # K = 1 is greedy: it takes "a" then <end>.
+    g = search(dec, torch.zeros(1, 1, 1), beam_size=1, max_len=5)[0]
+    assert g.best.tokens == [A]
+
+
+def test_beams_are_the_best_of_finished_and_live():
+    # Nothing ever ends: at max_len the K live beams are the result, cut and unfinished, best first.
+    dec = ScriptedDecoder({(): {A: 0.6, B_: 0.3}}, max_len=6)
+    r = search(dec, torch.zeros(1, 1, 1), beam_size=3, max_len=3)[0]
+    assert len(r.beams) == 3 and not any(b.finished for b in r.beams)
+    assert [b.score for b in r.beams] == sorted((b.score for b in r.beams), reverse=True)
+    assert r.best.tokens[0] == A
+
+
+def test_unk_is_never_generated():
+    dec = make_decoder()
+    with torch.no_grad():
+        dec.L_o.bias[3] = 1e3  # <unk> would win every step
+    for k in (1, 3):
+        for r in search(dec, feats(3), beam_size=k, max_len=8):
+            for b in r.beams:
+                assert 3 not in b.tokens and len(b.tokens) > 0
+
+
+def legacy_decoder(cfg: DecoderConfig) -> Decoder:
+    """The decoder as earlier releases built it: biases on hidden_proj, score and L_z too."""
+    dec = Decoder(cfg)
+    dec.attention.hidden_proj = torch.nn.Linear(cfg.hidden_dim, cfg.attention_dim)
+    dec.attention.score = torch.nn.Linear(cfg.attention_dim, 1)
+    dec.L_z = torch.nn.Linear(cfg.feature_dim, cfg.embed_dim)
+    return dec
+
+
+def test_redundant_biases_are_gone_and_legacy_weights_fold_exactly():
+    dec = make_decoder()
+    names = {n for n, _ in dec.named_parameters()}
+    assert not {"attention.hidden_proj.bias", "attention.score.bias", "L_z.bias"} & names
+    assert {"attention.feat_proj.bias", "L_h.bias"} <= names
+    # A legacy decoder with non-zero values in every removed bias computes what its folded state computes.
+    torch.manual_seed(5)
+    old = legacy_decoder(dec.cfg).eval()
+    with torch.no_grad():
+        for m in (old.attention.hidden_proj, old.attention.score, old.L_z):
+            m.bias.uniform_(-1, 1)
+    state = old.state_dict()
+    new = Decoder(dec.cfg).eval()
+    new.load_state_dict(state)  # folds
+    tokens = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 8, 9, END_ID, PAD_ID]])
+    f = feats(2)
+    for a, b in zip(old(f, tokens), new(f, tokens)):
+        assert torch.allclose(a, b, atol=1e-5)
+    for k in (1, 3):
+        for x, y in zip(search(old, feats(4), beam_size=k, max_len=12), search(new, feats(4), beam_size=k, max_len=12)):
+            assert x.best.tokens == y.best.tokens and x.best.score == pytest.approx(y.best.score, abs=1e-5)
+
+
+def test_demo_checkpoint_keeps_its_captions():
+    """The committed demo model was saved with the removed biases: it loads folded, captioning as before."""
+    from pathlib import Path
+
+    from captioner.checkpoint import load_checkpoint
+    from captioner.images import load_image
+    from captioner.model import Captioner
+
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_demo.pt"
+    state = load_checkpoint(path)["model"]
+    assert "attention.score.bias" in state["decoder"]  # still the legacy layout on disk
+    model = Captioner.from_checkpoint(path)
+    old = legacy_decoder(model.decoder.cfg).eval()
+    torch.nn.Module.load_state_dict(old, {k: v.float() for k, v in state["decoder"].items()})
+    images = sorted((path.parents[1] / "examples").glob("*.jpg"))
+    f = model.encode(torch.stack([model.transform()(load_image(p)) for p in images]))
+    for k in (1, 3):
+        for x, y in zip(search(old, f, beam_size=k), search(model.decoder, f, beam_size=k)):
+            assert x.best.tokens == y.best.tokens
+            assert x.best.score == pytest.approx(y.best.score, abs=1e-4)
