@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for image decoding")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a Java process)")
+    p.add_argument("--unreadable", choices=["empty", "error"], default="empty",
+                   help="an image of the split that cannot be read: 'empty' scores it as an empty caption "
+                        "(it lowers the scores; the metrics say how many), 'error' refuses the run and names the files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_data_args(p)
     return p
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_images:
         records = records[: args.max_images]
     progress = not args.no_progress
+    cache = None
     if not model.encoder.stock_weights:  # a fine-tuned encoder: cached features would be stale
         outputs = decode_records(model, records, beam_size=args.beam, max_len=args.max_len,
                                  batch_size=args.batch_size, num_workers=args.workers, progress=progress)
@@ -78,13 +82,17 @@ def main(argv: list[str] | None = None) -> dict:
                                 num_workers=args.workers, device=device, progress=progress)
         outputs = decode_cache(model, cache, [r.image_id for r in records], beam_size=args.beam,
                                max_len=args.max_len, batch_size=args.batch_size, progress=progress)
-    skipped = len(records) - len(outputs)
+    unreadable = [r for r in records if r.image_id not in outputs]
+    if unreadable and args.unreadable == "error":
+        reasons = {f["image_id"]: f["error"] for f in (cache.failed if cache is not None else [])}
+        listed = "\n  ".join(reasons.get(r.image_id, r.path) for r in unreadable[:20])
+        raise SystemExit(f"{len(unreadable)} of {len(records)} images of the {args.split} split cannot be read "
+                         f"(--unreadable error):\n  {listed}" + ("\n  ..." if len(unreadable) > 20 else ""))
     scores, info = score_outputs(outputs, records, objects=source.objects.get(args.split),
                                  image_sizes=source.image_sizes.get(args.split),
                                  meteor=False if args.no_meteor else None)
     info.update({"checkpoint": str(args.checkpoint), "dataset": source.name, "split": args.split,
-                 "beam": args.beam, "max_len": args.max_len, "images": len(outputs),
-                 "unreadable_images_skipped": skipped,
+                 "beam": args.beam, "max_len": args.max_len,
                  "search": "greedy" if args.beam == 1 else "batched beam search, length-normalised scores"})
 
     out = Path(args.out)
@@ -94,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / f"predictions_{stem}.json").write_text(json.dumps(preds))
     finite = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
     (out / f"metrics_{stem}.json").write_text(json.dumps({"metrics": finite, "info": info}, indent=2))
-    log.info("%s split, %d images, beam %d; scorer %s, tokenizer %s%s; wrote %s", args.split, len(outputs),
+    log.info("%s split, %d images%s, beam %d; scorer %s, tokenizer %s%s; wrote %s", args.split, info["images"],
+             f" ({info['unreadable_images']} unreadable, scored as empty captions)" if info["unreadable_images"] else "",
              args.beam, info.get("scorer"), info.get("tokenizer"),
              f"; skipped {info['skipped']}" if info.get("skipped") else "", out / f"metrics_{stem}.json")
     keys = [k for k in METRIC_KEYS if k in scores] + [k for k in scores if k not in METRIC_KEYS]

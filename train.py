@@ -42,15 +42,22 @@ HELP = {
     "pos_embed": "add a learned row+column position embedding to the features (true/false)",
     "feature_norm": "LayerNorm each annotation vector before attention (true/false)",
     "att_lambda": "weight lambda of the doubly stochastic attention regulariser",
-    "att_reduction": "regulariser over the N locations: mean (lambda/N) or sum (the paper's formula)",
+    "att_reduction": "regulariser over the N locations: mean (the sum / N) or sum (as the paper writes it); "
+                     "used by --objective token",
+    "objective": "token: cross-entropy averaged per token + lambda x the regulariser (--att-reduction); "
+                 "paper: Xu et al.'s objective, each caption's cross-entropy summed over its words + lambda x "
+                 "sum_i (1 - sum_t alpha_ti)^2, both averaged over captions (see the README's table)",
+    "grad_clip": "clip the global gradient norm to this value; 0 (or less): no clipping",
     "min_count": "words seen fewer times in training captions become <unk>",
     "captions_per_image": "per epoch: one random reference per image ('one') or every reference ('all')",
     "fine_tune_encoder": "train the top encoder blocks end to end (no feature cache)",
     "encoder_lr": "learning rate of the fine-tuned encoder blocks",
-    "val_metric": "validation metric for best.pt and early stopping (from beam-search decoding)",
+    "val_metric": "validation metric for best.pt and early stopping, from beam-search decoding: BLEU-1..4, METEOR, "
+                  "ROUGE-L, CIDEr, or on the shapes world scene_accuracy, grounding, relation_accuracy, relation_rate",
     "patience": "stop after this many epochs without improvement (0: never)",
     "max_train_images": "smoke-size switch: use only the first N training images",
-    "max_val_images": "smoke-size switch: validate on the first N images",
+    "max_val_images": "validate on the first N images of the val split (default 5000: a fixed subset of COCO's "
+                      "40,504 val2014 images; Karpathy's val has 5,000); 0: all",
     "device": "auto, cpu, cuda or cuda:N",
     "precision": "CUDA autocast dtype: auto (bf16 where supported), bf16, fp16, fp32 (CPU is always fp32)",
     "workers": "DataLoader worker processes",
@@ -117,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for k, v in defaults.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    try:  # refuse a bad option value now, before any data is read
+        train_config(args)
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
     return args
 
 

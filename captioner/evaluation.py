@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .datasets import ImageRecord
 from .features import FeatureCache, ImageFileDataset
+from .metrics import METRIC_KEYS, NLTK_BLEU_KEYS
 from .model import CaptionOutput, Captioner
 from .search import DEFAULT_MAX_LEN
 
@@ -68,21 +69,45 @@ def decode_records(model: Captioner, records: Sequence[ImageRecord], *, beam_siz
     return out
 
 
+SHAPES_METRICS = ("scene_accuracy", "grounding", "relation_accuracy", "relation_rate")  # need the scenes' objects
+# What training can select best.pt by: every score evaluate.py reports except grounding_chance (a baseline).
+VAL_METRICS = METRIC_KEYS + NLTK_BLEU_KEYS + SHAPES_METRICS
+
+
 def score_outputs(outputs: dict[int, CaptionOutput], records: Sequence[ImageRecord], *,
                   objects: dict[int, list[dict]] | None = None,
                   image_sizes: dict[int, tuple[int, int]] | None = None,
                   metrics: Sequence[str] | None = None, meteor: bool | None = None) -> tuple[dict, dict]:
-    """COCO caption metrics (+ scene accuracy and grounding when objects are known)."""
+    """COCO caption metrics (+ scene accuracy, grounding and relations when objects are known).
+
+    Every record is scored: an image without an output (it could not be read) counts as an
+    empty caption, so an unreadable image lowers the scores instead of leaving the set, and
+    `info["unreadable_images"]` says how many there were. `metrics` names the COCO scorers to
+    run and whether to add nltk's BLEU (None: all of them); the shapes-world metrics are computed
+    whenever `objects` is given.
+    """
     from . import metrics as M
 
-    refs = {r.image_id: list(r.captions) for r in records if r.image_id in outputs}
-    preds = {i: outputs[i].text for i in refs}
-    scores, info = M.coco_caption_scores(preds, refs, meteor=meteor, metrics=metrics)
+    refs = {r.image_id: list(r.captions) for r in records}
+    preds = {i: outputs[i].text if i in outputs else "" for i in refs}
+    missing = [i for i in refs if i not in outputs]
+    coco = None if metrics is None else [m for m in metrics if m in METRIC_KEYS]
+    scores, info = M.coco_caption_scores(preds, refs, meteor=meteor, metrics=coco)
+    if metrics is None or set(metrics) & set(NLTK_BLEU_KEYS):
+        scores.update(M.nltk_corpus_bleu(preds, refs))
+        info["nltk_BLEU"] = ("nltk.translate.bleu_score.corpus_bleu on captioner.text.tokenize tokens, each image once "
+                             "with all its references, no smoothing: for comparison with tutorials, not the COCO BLEU")
+    info["images"] = len(refs)
+    info["unreadable_images"] = len(missing)
+    if missing:
+        info["unreadable_image_ids"] = sorted(missing)[:100]
+        info["unreadable_scored_as"] = "an empty caption"
     if objects is not None:
         objs = {i: objects.get(i, []) for i in refs}
         scores["scene_accuracy"] = M.scene_accuracy(preds, objs)
-        g = M.attention_grounding({i: outputs[i].words for i in refs}, {i: outputs[i].alphas for i in refs},
-                                  objs, {i: image_sizes[i] for i in refs})
+        seen = [i for i in refs if i in outputs]  # attention exists only for images that were read
+        g = M.attention_grounding({i: outputs[i].words for i in seen}, {i: outputs[i].alphas for i in seen},
+                                  {i: objs[i] for i in seen}, {i: image_sizes[i] for i in seen})
         scores["grounding"] = g["grounding"]
         scores["grounding_chance"] = g["grounding_chance"]
         rel = M.relation_accuracy(preds, objs)

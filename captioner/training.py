@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .decoder import caption_loss
+from .decoder import OBJECTIVES, caption_loss
 from .distributed import (
     ONE_PROCESS,
     Dist,
@@ -41,13 +41,14 @@ from .distributed import (
     gather_objects,
 )
 from .encoder import EncoderConfig
-from .evaluation import decode_cache, decode_records, score_outputs
+from .evaluation import SHAPES_METRICS, VAL_METRICS, decode_cache, decode_records, score_outputs
 from .features import (
     CaptionFeatureDataset,
     ImageCaptionDataset,
     cached_features,
     collate_captions,
 )
+from .metrics import METRIC_KEYS
 from .model import Captioner
 from .runtime import (
     amp_dtype,
@@ -69,7 +70,7 @@ class TrainConfig:
     out: str = "runs/shapes"  # run directory: config.yaml, last.pt, best.pt, history.json, TensorBoard events
     cache_dir: str = "cache"  # feature caches, shared by runs
     # model
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "tf_efficientnet_lite0"  # timm name; the package weights fit tf_efficientnet_lite0 (as trained) or efficientnet_lite0
     encoder_weights: str = "package"  # "package" (offline ImageNet weights), a state_dict path, or "none"
     image_size: int = 224
     stages: tuple[int, ...] = (2, 3)  # encoder stages concatenated into the grid (the last sets its size)
@@ -82,7 +83,9 @@ class TrainConfig:
     pos_embed: bool = True
     feature_norm: bool = True  # LayerNorm over each annotation vector's channels (not in the paper)
     att_lambda: float = 1.0  # weight of the doubly stochastic regulariser
-    att_reduction: str = "mean"  # over the N locations: "mean" (= lambda/N with the paper's sum) or "sum"
+    att_reduction: str = "mean"  # over the N locations: "mean" (the sum / N) or "sum" (as the paper writes it)
+    objective: str = "token"  # "token": cross-entropy per token (+ the regulariser as above); "paper": Xu et al.'s
+    #                           per-caption summed cross-entropy + lambda * the summed regulariser (see README)
     # vocabulary and captions
     min_count: int = 5
     max_caption_len: int = 30  # training captions are cut to this many words
@@ -94,13 +97,13 @@ class TrainConfig:
     lr_min_ratio: float = 0.05  # cosine decays the learning rate to lr * lr_min_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.0
-    grad_clip: float = 5.0
+    grad_clip: float = 5.0  # clip the gradient norm to this; 0 or less: no clipping
     fine_tune_encoder: bool = False
     fine_tune_blocks: int = 2  # top encoder blocks trained when fine-tuning
     encoder_lr: float = 1e-4
     # validation / early stopping
     val_split: str = "val"
-    val_metric: str = "CIDEr"
+    val_metric: str = "CIDEr"  # picks best.pt and early stopping: any metric evaluate.py reports (higher is better)
     val_beam: int = 3
     val_max_len: int = DEFAULT_MAX_LEN  # most tokens decoded per caption, <end> included
     patience: int = 5  # epochs without improvement before stopping (0: never stop early)
@@ -109,7 +112,8 @@ class TrainConfig:
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution kernels for the fixed input size
     # smoke-size switches
     max_train_images: int | None = None
-    max_val_images: int | None = None
+    max_val_images: int | None = 5000  # validate on the first N images of the val split (COCO's val2014 has
+    #                                    40,504; Karpathy's val 5,000); 0 or None: all of them
     # runtime
     device: str = "auto"
     precision: str = "auto"  # CUDA autocast dtype: auto (bf16 if supported), bf16, fp16, fp32
@@ -120,6 +124,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(s) for s in self.stages)
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"unknown validation metric {self.val_metric!r}; choose one of {', '.join(VAL_METRICS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.att_reduction not in ("mean", "sum"):
+            raise ValueError(f"att_reduction must be 'mean' or 'sum', not {self.att_reduction!r}")
+        if self.captions_per_image not in ("one", "all"):
+            raise ValueError(f"captions_per_image must be 'one' or 'all', not {self.captions_per_image!r}")
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(backbone=self.backbone, image_size=self.image_size, stages=self.stages,
@@ -161,7 +173,7 @@ class _Writer:
 
 
 def _limit(records: list, n: int | None) -> list:
-    return records if n is None else records[:n]
+    return records if not n else records[:n]
 
 
 class EpochSampler(DistributedSampler):
@@ -200,8 +212,14 @@ def _resume_path(cfg: TrainConfig) -> str | None:
     return cfg.resume
 
 
-def _validate(model: Captioner, cfg: TrainConfig, val_cache, val_records: list, dist: Dist) -> dict[str, float]:
-    """Beam-search decoding of this rank's share of the validation images; rank 0 scores all of them."""
+def _validate(model: Captioner, cfg: TrainConfig, val_cache, val_records: list, source: DataSource,
+              dist: Dist) -> dict[str, float]:
+    """Beam-search decoding of this rank's share of the validation images; rank 0 scores all of them.
+
+    Scored: BLEU-4 and CIDEr (the epoch's log line), `cfg.val_metric`, and on the shapes world
+    its scene, grounding and relation metrics; unreadable images count as empty captions, as in
+    evaluate.py.
+    """
     model.eval()
     mine = val_records[dist.rank::dist.world]
     if val_cache is not None:
@@ -210,12 +228,16 @@ def _validate(model: Captioner, cfg: TrainConfig, val_cache, val_records: list, 
     else:
         outputs = decode_records(model, mine, beam_size=cfg.val_beam, max_len=cfg.val_max_len,
                                  num_workers=cfg.workers)
-    if dist.enabled:  # only the words travel: attention maps are not needed for BLEU / CIDEr
-        parts = gather_objects(dist, {i: replace(o, alphas=np.empty(0), beams=[]) for i, o in outputs.items()})
+    objects = source.objects.get(cfg.val_split)
+    if dist.enabled:  # attention maps travel only when grounding needs them
+        parts = gather_objects(dist, {i: o if objects is not None else replace(o, alphas=np.empty(0), beams=[])
+                                      for i, o in outputs.items()})
         outputs = {i: o for part in parts for i, o in part.items()}
     scores = None
     if dist.main:
-        scores, _ = score_outputs(outputs, val_records, metrics=("BLEU-4", "CIDEr"), meteor=False)
+        scores, _ = score_outputs(outputs, val_records, metrics=("BLEU-4", "CIDEr", cfg.val_metric),
+                                  meteor=cfg.val_metric == "METEOR",
+                                  objects=objects, image_sizes=source.image_sizes.get(cfg.val_split))
     return broadcast_object(dist, scores)
 
 
@@ -233,6 +255,9 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
     if cfg.batch_size % dist.world:
         raise ValueError(f"the global batch size {cfg.batch_size} must divide evenly over {dist.world} processes")
     local_batch = cfg.batch_size // dist.world
+    if cfg.val_metric in SHAPES_METRICS and cfg.val_split not in source.objects:
+        raise ValueError(f"--val-metric {cfg.val_metric} needs the objects of each image (the shapes world); "
+                         f"{source.name} has none: use a caption metric ({', '.join(METRIC_KEYS)})")
     seed_everything(cfg.seed)
     train_records = _limit(source.split("train"), cfg.max_train_images)
     val_records = _limit(source.split(cfg.val_split), cfg.max_val_images)
@@ -289,7 +314,12 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
     start_epoch, history, best = 0, [], {"epoch": -1, "value": -math.inf}
     if resume is not None:
         t = resume["train"]
-        optimizer.load_state_dict(t["optimizer"])
+        try:
+            optimizer.load_state_dict(t["optimizer"])
+        except ValueError as e:  # e.g. saved before the redundant decoder biases were removed
+            raise ValueError(f"cannot resume {resume_path}: its optimiser state does not fit this model's parameters "
+                             f"(saved by an earlier release?): {e}. Its weights still load: evaluate or export it, "
+                             "or resume it with the release that wrote it") from None
         scheduler.load_state_dict(t["scheduler"])
         if scaler is not None and t.get("scaler"):
             scaler.load_state_dict(t["scaler"])
@@ -341,9 +371,9 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
         train_time = time.time() - t0
         loss_sum, ce_sum, reg_sum, n = sums.tolist()
 
-        scores = _validate(model, cfg, val_cache, val_records, dist)
+        scores = _validate(model, cfg, val_cache, val_records, source, dist)
         value = scores[cfg.val_metric]
-        improved = value > best["value"]
+        improved = math.isfinite(value) and value > best["value"]  # NaN (e.g. no relation stated) never wins
         if improved:
             best = {"epoch": epoch, "value": value}
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "ce": ce_sum / max(n, 1),
@@ -390,9 +420,9 @@ def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
     """
     with autocast(inputs.device, dtype):
         logits, alphas = net(inputs, tokens)
-        loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction)
+        loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction, cfg.objective)
     if dist.enabled:
-        ce, reg = _global_normalised(dist, ce, reg, tokens)
+        ce, reg = _global_normalised(dist, ce, reg, tokens, per_caption=cfg.objective == "paper")
         loss = ce + cfg.att_lambda * reg
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -400,7 +430,8 @@ def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+    if cfg.grad_clip > 0:  # max_norm 0 would scale every gradient to 0
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -409,14 +440,17 @@ def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
     return loss.detach(), ce.detach(), reg.detach()
 
 
-def _global_normalised(dist: Dist, ce: torch.Tensor, reg: torch.Tensor, tokens: torch.Tensor):
+def _global_normalised(dist: Dist, ce: torch.Tensor, reg: torch.Tensor, tokens: torch.Tensor,
+                       per_caption: bool = False):
     """This rank's terms rescaled so that DDP's gradient average equals the one-process gradient.
 
-    caption_loss averages over this rank's tokens (cross-entropy) and images (regulariser).
+    caption_loss averages over this rank's tokens (cross-entropy; over its captions with
+    per_caption, the paper's objective) and images (regulariser).
     Multiplying by local count / (global count / world) turns DDP's mean over ranks into the
     mean over all tokens and images of the global batch. The counts stay on the device.
     """
     counts = torch.stack([(tokens[:, 1:] != PAD_ID).sum(), torch.tensor(tokens.shape[0], device=tokens.device)])
     local = counts.float()
     glob = all_reduce_sum(dist, counts.clone()).float() / dist.world
-    return ce * (local[0] / glob[0]), reg * (local[1] / glob[1])
+    k = 1 if per_caption else 0
+    return ce * (local[k] / glob[k]), reg * (local[1] / glob[1])

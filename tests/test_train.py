@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tiny import TINY, make_world, train_args
 import evaluate
 import train
 from captioner.checkpoint import load_checkpoint
-from captioner.metrics import METRIC_KEYS
+from captioner.metrics import METRIC_KEYS, NLTK_BLEU_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +89,8 @@ def test_evaluate_main_writes_predictions_and_metrics(trained, world, tmp_path, 
                          "--out", str(tmp_path), "--cache-dir", str(cache), "--no-progress", "--beam", "2"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     line = json.loads(last)
-    expected = set(METRIC_KEYS) | {"scene_accuracy", "grounding", "grounding_chance", "relation_accuracy",
-                                   "relation_rate"}
+    expected = set(METRIC_KEYS) | set(NLTK_BLEU_KEYS) | {"scene_accuracy", "grounding", "grounding_chance",
+                                                         "relation_accuracy", "relation_rate"}
     if res["info"].get("skipped", {}).get("METEOR"):
         expected.discard("METEOR")
     assert set(line) == expected
@@ -152,3 +153,61 @@ def test_gpu_path_flags_run_on_cpu_and_compile_trains_the_same(world, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a if k != "attention.score.bias")
     cfg = yaml.safe_load((tmp_path / "compiled" / "config.yaml").read_text())
     assert cfg["compile"] is True and cfg["cudnn_benchmark"] is False and cfg["precision"] == "bf16"
+
+
+def test_every_reported_metric_can_pick_best_and_unknown_ones_are_refused_first(world, tmp_path):
+    base = tmp_path / "vm"
+    for metric in ("METEOR", "ROUGE-L", "BLEU-1", "nltk_BLEU-4", "scene_accuracy", "relation_rate"):
+        out = base / metric
+        summary = train.main(train_args(world, out, base / "cache", 1, max_train_images=16, val_metric=metric))
+        assert (out / "last.pt").is_file() and (out / "best.pt").is_file(), metric
+        val = json.loads((out / "history.json").read_text())[0]["val"]
+        assert metric in val and {"BLEU-4", "CIDEr"} <= set(val)
+        assert summary[f"best_val_{metric}"] == pytest.approx(val[metric]) or val[metric] != val[metric]  # NaN
+    # An unknown name stops train.py before it reads data or writes anything.
+    with pytest.raises(SystemExit):
+        train.main(train_args(world, tmp_path / "bad", tmp_path / "bad-cache", 1, val_metric="bleu4"))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad-cache").exists()
+    # A shapes-world metric on data without objects: refused before any feature is computed.
+    with pytest.raises(ValueError, match="needs the objects"):
+        train.main(train_args(world, tmp_path / "k", tmp_path / "k-cache", 1, val_metric="scene_accuracy")
+                   + ["--karpathy-json", str(world / "dataset_shapes.json"), "--images", str(world / "images")])
+    assert not (tmp_path / "k-cache").exists()
+
+
+def test_grad_clip_zero_means_no_clipping(world, tmp_path):
+    runs = {}
+    for clip in ("0", "1e9"):  # 1e9 never clips: the same run exactly
+        runs[clip] = train.main(train_args(world, tmp_path / clip, tmp_path / "cache", 3, grad_clip=clip,
+                                           max_train_images=32))["history"]
+    losses = [h["loss"] for h in runs["0"]]
+    assert losses[-1] < 0.9 * losses[0]  # it trains (max_norm 0 used to scale every gradient to 0)
+    assert losses == [h["loss"] for h in runs["1e9"]]
+
+
+def test_unreadable_evaluation_images_count_as_empty_captions(trained, world, tmp_path, capsys):
+    import shutil
+
+    from captioner.metrics import coco_caption_scores
+    from captioner.sources import shapes_source
+
+    out, _, _ = trained
+    copy = tmp_path / "world"
+    shutil.copytree(world, copy)
+    bad = shapes_source(copy).split("test")[2]
+    Path(bad.path).write_bytes(Path(bad.path).read_bytes()[:300])  # truncated JPEG
+    args = ["--checkpoint", str(out / "best.pt"), "--shapes-dir", str(copy), "--split", "test", "--out",
+            str(tmp_path / "ev"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--beam", "2", "--no-meteor"]
+    res = evaluate.main(args)
+    info = res["info"]
+    assert info["images"] == TINY["test"] and info["unreadable_images"] == 1
+    assert info["unreadable_image_ids"] == [bad.image_id]
+    preds = {p["image_id"]: p["caption"] for p in json.loads((tmp_path / "ev" / "predictions_test_beam2.json").read_text())}
+    assert len(preds) == TINY["test"] - 1 and bad.image_id not in preds
+    refs = {r.image_id: r.captions for r in shapes_source(copy).split("test")}
+    expected, _ = coco_caption_scores({**preds, bad.image_id: ""}, refs, meteor=False)
+    assert res["metrics"]["CIDEr"] == pytest.approx(expected["CIDEr"])
+    assert res["metrics"]["scene_accuracy"] <= (TINY["test"] - 1) / TINY["test"]
+    # Or the user asks for the run to be refused, naming the file.
+    with pytest.raises(SystemExit, match=Path(bad.path).name):
+        evaluate.main(args + ["--unreadable", "error"])
