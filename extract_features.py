@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
             cache = cached_features(encoder, records, args.cache_dir, source.name, split, batch_size=args.batch_size,
                                     num_workers=args.workers, device=device, progress=args.progress,
                                     chunk_size=args.chunk_size, dist=dist)
-            report[split] = {"cache": str(cache.folder), "images": len(cache), "failed": len(cache.failed)}
-            log.info("%s: %d images cached in %s (%d unreadable)", split, len(cache), cache.folder, len(cache.failed))
+            report[split] = {"cache": str(cache.folder), "folders": [str(f) for f in cache.folders],
+                             "images": len(cache), "failed": len(cache.failed)}
+            log.info("%s: %d images cached in %s (%d unreadable)", split, len(cache),
+                     ", ".join(map(str, cache.folders)), len(cache.failed))
     finally:
         distributed.cleanup(dist)
     if dist.main:

@@ -378,6 +378,7 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
             best = {"epoch": epoch, "value": value}
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "ce": ce_sum / max(n, 1),
                  "reg": reg_sum / max(n, 1), "lr": optimizer.param_groups[0]["lr"], "val": scores,
+                 "val_images": len(val_records),
                  "train_seconds": round(train_time, 2), "seconds": round(time.time() - t0, 2)}
         history.append(entry)
         rngs = gather_objects(dist, rng_state())

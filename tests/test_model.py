@@ -339,3 +339,25 @@ def test_demo_checkpoint_keeps_its_captions():
         for x, y in zip(search(old, f, beam_size=k), search(model.decoder, f, beam_size=k)):
             assert x.best.tokens == y.best.tokens
             assert x.best.score == pytest.approx(y.best.score, abs=1e-4)
+
+
+def test_paper_objective_is_the_per_caption_sum():
+    """objective='paper': each caption's cross-entropy summed over its words, plus lambda * sum_i (1 - sum_t alpha)^2,
+    both averaged over captions (capgen.py); the default averages the cross-entropy over tokens."""
+    dec = make_decoder()
+    f = feats(2)
+    tokens = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 8, END_ID, PAD_ID, PAD_ID]])
+    logits, alphas = dec(f, tokens)
+    nll = -logits.log_softmax(-1).gather(2, tokens[:, 1:, None]).squeeze(2)  # (B, T-1)
+    mask = (tokens[:, 1:] != PAD_ID).float()
+    per_caption = (nll * mask).sum(1)  # 4 and 2 words (+ <end>)
+    reg_sum = ((1 - (alphas * mask[..., None]).sum(1)) ** 2).sum(1)  # (B,)
+    total, ce, reg = caption_loss(logits, alphas, tokens, att_lambda=0.7, objective="paper")
+    assert ce.item() == pytest.approx(per_caption.mean().item(), rel=1e-5)
+    assert reg.item() == pytest.approx(reg_sum.mean().item(), rel=1e-5)
+    assert total.item() == pytest.approx((per_caption + 0.7 * reg_sum).mean().item(), rel=1e-5)
+    total, ce, reg = caption_loss(logits, alphas, tokens, att_lambda=0.7)  # the default: per token, mean over N
+    assert ce.item() == pytest.approx(((nll * mask).sum() / mask.sum()).item(), rel=1e-5)
+    assert reg.item() == pytest.approx((reg_sum / 20).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError):
+        caption_loss(logits, alphas, tokens, objective="sentence")

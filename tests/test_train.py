@@ -51,6 +51,7 @@ def test_train_main_loss_falls_and_writes_the_run(trained):
     ck = load_checkpoint(out / "last.pt")
     assert ck["train"]["epoch"] == 4 and ck["model"]["encoder"] is None
     assert {"BLEU-4", "CIDEr"} <= set(summary["history"][-1]["val"])
+    assert summary["history"][-1]["val_images"] == TINY["val"]  # the default subset, 5,000, holds all 12
     # the feature cache was written once, for train and val, and is what a second run reuses
     assert len(list(Path(cache).glob("*/*/feats.npy"))) == 2
 
@@ -159,9 +160,12 @@ def test_every_reported_metric_can_pick_best_and_unknown_ones_are_refused_first(
     base = tmp_path / "vm"
     for metric in ("METEOR", "ROUGE-L", "BLEU-1", "nltk_BLEU-4", "scene_accuracy", "relation_rate"):
         out = base / metric
-        summary = train.main(train_args(world, out, base / "cache", 1, max_train_images=16, val_metric=metric))
+        summary = train.main(train_args(world, out, base / "cache", 1, max_train_images=16, val_metric=metric,
+                                        max_val_images=6))
         assert (out / "last.pt").is_file() and (out / "best.pt").is_file(), metric
-        val = json.loads((out / "history.json").read_text())[0]["val"]
+        entry = json.loads((out / "history.json").read_text())[0]
+        val = entry["val"]
+        assert entry["val_images"] == 6
         assert metric in val and {"BLEU-4", "CIDEr"} <= set(val)
         assert summary[f"best_val_{metric}"] == pytest.approx(val[metric]) or val[metric] != val[metric]  # NaN
     # An unknown name stops train.py before it reads data or writes anything.
