@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch
-from machine import cpu_name
 from torch.utils.data import DataLoader
 
 import caption
@@ -33,6 +32,7 @@ from captioner.features import ImageFileDataset
 from captioner.model import Captioner
 from captioner.runtime import resolve_device
 from cli import DEFAULT_CHECKPOINT, DEFAULT_SHAPES_DIR
+from machine import cpu_name
 
 TARGET_ENCODER, TARGET_LOOP = 0.75, 5.0
 

@@ -51,12 +51,19 @@ import numpy as np
 import PIL
 import timm
 import torch
-from machine import cpu_name
 from PIL import Image
 
-from captioner.encoder import (IMAGENET_MEAN, IMAGENET_STD, PACKAGE_MEAN, PACKAGE_STD, Encoder, EncoderConfig,
-                               imagenet_classifier)
+from captioner.encoder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PACKAGE_MEAN,
+    PACKAGE_STD,
+    Encoder,
+    EncoderConfig,
+    imagenet_classifier,
+)
 from captioner.images import build_transform, load_image
+from machine import cpu_name
 
 SITE = Path(timm.__file__).resolve().parents[1]  # the venv's site-packages
 SKIMAGE = SITE / "skimage" / "data"

@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx
 from gradio_client import Client, handle_file
-from machine import cpu_name
 from PIL import Image
 
 from cli import DEFAULT_CHECKPOINT
+from machine import cpu_name
 
 TARGET_P50_MS = 300
 

@@ -49,10 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from old_tokenizer import old_tokenize  # noqa: E402  (tests/old_tokenizer.py, the frozen previous tokenizer)
-
-from captioner import metrics  # noqa: E402
-from captioner.text import Vocab, tokenize  # noqa: E402
+from captioner import metrics
+from captioner.text import Vocab, tokenize
+from old_tokenizer import old_tokenize  # tests/old_tokenizer.py: the frozen previous tokenizer
 
 VARIED = ROOT / "tests" / "data" / "captions_varied.txt"
 UNK_ILLUSTRATION_WORDS = 40  # the BLEU table's <unk> illustration keeps this many most frequent words

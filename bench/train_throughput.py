@@ -32,17 +32,22 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import torch
-from machine import cpu_name
 from torch.utils.data import DataLoader, RandomSampler
 
 from captioner.datasets import ImageRecord
 from captioner.encoder import EncoderConfig
-from captioner.features import (CaptionFeatureDataset, FeatureCache, ImageCaptionDataset, build_feature_cache,
-                                collate_captions)
+from captioner.features import (
+    CaptionFeatureDataset,
+    FeatureCache,
+    ImageCaptionDataset,
+    build_feature_cache,
+    collate_captions,
+)
 from captioner.model import Captioner
 from captioner.runtime import amp_dtype, resolve_device
 from captioner.text import Vocab
 from captioner.training import TeacherForced, TrainConfig, optimisation_step
+from machine import cpu_name
 
 CPU_SIZES = {"decoder_batch": 64, "decoder_steps": 15, "e2e_batch": 16, "e2e_steps": 4, "extract_batch": 16,
              "extract_images": 128}

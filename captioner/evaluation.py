@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .datasets import ImageRecord
 from .features import FeatureCache, ImageFileDataset
 from .metrics import METRIC_KEYS, NLTK_BLEU_KEYS
-from .model import CaptionOutput, Captioner
+from .model import Captioner, CaptionOutput
 from .search import DEFAULT_MAX_LEN
 
 log = logging.getLogger(__name__)

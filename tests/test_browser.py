@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+
 from procs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import kill_when
 
 import caption
 from cli import DEFAULT_CHECKPOINT
+from procs import kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 

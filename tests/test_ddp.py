@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from procs import free_port, kill_when
-from tiny import make_world, train_args
 
 import train
 from captioner.features import FeatureCache
+from procs import free_port, kill_when
+from tiny import make_world, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"train": 64, "val": 16, "test": 8, "test_novel": 8}

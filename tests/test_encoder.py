@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.encoder import (IMAGENET_MEAN, IMAGENET_STD, PACKAGE_MEAN, PACKAGE_STD, Encoder, EncoderConfig,
-                               EncoderWeightsError, imagenet_classifier)
+from captioner.encoder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PACKAGE_MEAN,
+    PACKAGE_STD,
+    Encoder,
+    EncoderConfig,
+    EncoderWeightsError,
+    imagenet_classifier,
+)
 from captioner.images import build_transform
 
 ROOT = Path(__file__).resolve().parents[1]

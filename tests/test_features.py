@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import make_world
 
 from captioner import features
 from captioner.encoder import Encoder, EncoderConfig
 from captioner.features import CaptionFeatureDataset, FeatureCache, build_feature_cache, cached_features
 from captioner.sources import shapes_source
 from captioner.text import Vocab, tokenize
+from tiny import make_world
 
 N = 32  # train images; batches of 8 and halves of 16, so a half is whole batches of the full run
 KW = dict(batch_size=8, progress=False)

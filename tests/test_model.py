@@ -27,8 +27,8 @@ def feats(b: int = 3, seed: int = 1) -> torch.Tensor:
 
 
 def test_package_weights_classify_a_cat():
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     cfg = EncoderConfig()
     model = imagenet_classifier(cfg)

@@ -17,10 +17,10 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageOps
-from procs import free_port
 
 import serve
 from cli import DEFAULT_CHECKPOINT
+from procs import free_port
 
 UPLOAD_MB = 1
 

@@ -9,8 +9,19 @@ import pytest
 from PIL import Image
 
 from captioner import shapes
-from captioner.shapes import (COLOURS, NUMBER_WORDS, SHAPES, SIZES, ensure_world, generate_world,
-                              load_objects, load_world, object_mentions, parse_objects, plural)
+from captioner.shapes import (
+    COLOURS,
+    NUMBER_WORDS,
+    SHAPES,
+    SIZES,
+    ensure_world,
+    generate_world,
+    load_objects,
+    load_world,
+    object_mentions,
+    parse_objects,
+    plural,
+)
 
 TINY = {"train": 30, "val": 5, "test": 5, "test_novel": 10}
 SPLITS = ("train", "val", "test", "test_novel")

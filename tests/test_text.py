@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from old_tokenizer import old_tokenize  # tests/old_tokenizer.py: the previous tokenizer, frozen
 
 from captioner.text import (
     END,
@@ -20,7 +19,7 @@ from captioner.text import (
     Vocab,
     tokenize,
 )
-
+from old_tokenizer import old_tokenize  # tests/old_tokenizer.py: the previous tokenizer, frozen
 
 # --- tokenize ---------------------------------------------------------------
 

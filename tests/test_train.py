@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from procs import kill_when
-from tiny import TINY, make_world, train_args
 
 import evaluate
 import train
 from captioner.checkpoint import load_checkpoint
 from captioner.metrics import METRIC_KEYS, NLTK_BLEU_KEYS
+from procs import kill_when
+from tiny import TINY, make_world, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
