@@ -252,22 +252,29 @@ def resume_command(argv: list[str]) -> str:
 # --- the CLI ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns, .txt path lists")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model (default: the bundled demo model)")
     p.add_argument("--out", help="output file (default: captions.jsonl / .csv / .json by --format)")
     p.add_argument("--format", choices=list(SUFFIX), help="record format (default: from the --out suffix, else jsonl)")
-    p.add_argument("--beam", type=int, default=3, help=f"beam width (default %(default)s; 1 = greedy, at most {MAX_BEAM})")
-    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help=f"most tokens per caption, <end> included (default %(default)s, at most {MAX_LEN})")
-    p.add_argument("--batch-size", type=int, default=32, help="images per encoder pass and beam search (default %(default)s)")
+    p.add_argument("--beam", type=int, default=3,
+                   help=f"beam width (default %(default)s; 1 = greedy, at most {MAX_BEAM})")
+    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
+                   help=f"most tokens per caption, <end> included (default %(default)s, at most {MAX_LEN})")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per encoder pass and beam search (default %(default)s)")
     p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 2)),
                    help="DataLoader processes decoding images (default %(default)s; 0: in the main process)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--attention-dir", help="also write one PNG per image: the image and each word's attention (slower)")
-    p.add_argument("--image-ids", metavar="FILE", help="--format coco: COCO captions/instances or Karpathy json giving the ids")
-    p.add_argument("--beams-out", action="store_true", help="also record every kept beam with its score (jsonl, coco journal)")
+    p.add_argument("--image-ids", metavar="FILE",
+                   help="--format coco: COCO captions/instances or Karpathy json giving the ids")
+    p.add_argument("--beams-out", action="store_true",
+                   help="also record every kept beam with its score (jsonl, coco journal)")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="keep the existing records (errors included) and caption the rest")
+    again.add_argument("--resume", action="store_true",
+                       help="keep the existing records (errors included) and caption the rest")
     again.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

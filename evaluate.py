@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model to evaluate (default: the demo model)")
     p.add_argument("--split", default="test", help="split to decode: test, test_novel, val, ...")
     p.add_argument("--beam", type=int, default=3, help=f"beam width (1 = greedy, at most {MAX_BEAM})")
-    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help="most tokens decoded per caption, <end> included")
+    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
+                   help="most tokens decoded per caption, <end> included")
     p.add_argument("--batch-size", type=int, default=100, help="images decoded at once")
     p.add_argument("--max-images", type=int, default=None, help="smoke-size switch: first N images of the split")
     p.add_argument("--out", default="runs/eval", help="folder for predictions and metrics JSON")
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     finite = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
     (out / f"metrics_{stem}.json").write_text(json.dumps({"metrics": finite, "info": info}, indent=2))
     log.info("%s split, %d images%s, beam %d; scorer %s, tokenizer %s%s; wrote %s", args.split, info["images"],
-             f" ({info['unreadable_images']} unreadable, scored as empty captions)" if info["unreadable_images"] else "",
+             f" ({info['unreadable_images']} unreadable, scored as empty captions)"
+             if info["unreadable_images"] else "",
              args.beam, info.get("scorer"), info.get("tokenizer"),
              f"; skipped {info['skipped']}" if info.get("skipped") else "", out / f"metrics_{stem}.json")
     keys = [k for k in METRIC_KEYS if k in scores] + [k for k in scores if k not in METRIC_KEYS]

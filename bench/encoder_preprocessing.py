@@ -144,7 +144,8 @@ NETS = {
     "tf_efficientnet_lite0 + eps 1e-5 (TF pad)": ("tf_efficientnet_lite0", 1e-5),
     "tf_efficientnet_lite0 (TF pad, eps 1e-3)": ("tf_efficientnet_lite0", None),
 }
-OLD_NET, FAITHFUL_NET, FAITHFUL_NORM = "efficientnet_lite0 (sym pad, eps 1e-5)", "tf_efficientnet_lite0 (TF pad, eps 1e-3)", "127/128"
+OLD_NET, FAITHFUL_NET = "efficientnet_lite0 (sym pad, eps 1e-5)", "tf_efficientnet_lite0 (TF pad, eps 1e-3)"
+FAITHFUL_NORM = "127/128"
 CROSSOVERS = ("efficientnet_lite0 + eps 1e-3 (sym pad)", "tf_efficientnet_lite0 + eps 1e-5 (TF pad)")
 
 
@@ -208,7 +209,8 @@ def encoder_speed(batch: int, reps: int) -> dict[str, tuple[float, float]]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-time", dest="time", action="store_false", help="skip the encoder speed check")
-    ap.add_argument("--reps", type=int, default=20, help="timed encoder calls per variant (batch 1; batch 8 gets a quarter)")
+    ap.add_argument("--reps", type=int, default=20,
+                    help="timed encoder calls per variant (batch 1; batch 8 gets a quarter)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -309,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nBatchNorm running variances in the package weights: {var.numel()} channels, "
           f"{int((var < 1e-2).sum())} below 1e-2, {int((var < 1e-3).sum())} below 1e-3, "
           f"{int((var < 1e-4).sum())} below 1e-4 (min {float(var.min()):.1e}): there 1/sqrt(var + eps) "
-          f"differs between eps 1e-5 and 1e-3 by up to {math.sqrt((float(var.min()) + 1e-3) / (float(var.min()) + 1e-5)):.0f}x.")
+          f"differs between eps 1e-5 and 1e-3 by up to "
+          f"{math.sqrt((float(var.min()) + 1e-3) / (float(var.min()) + 1e-5)):.0f}x.")
 
     if args.time:
         for b, reps in ((1, args.reps), (8, max(3, args.reps // 4))):

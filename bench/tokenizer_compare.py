@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         same_as_model = "; equal to the checkpoint's" if vocabs[1] == model_vocab else ""
         print(f"   vocabulary (train captions, min_count={min_count}): {len(vocabs[1])} words, "
               f"{'identical' if vocabs[0] == vocabs[1] else 'DIFFERENT'} under old and new{same_as_model}")
-    compare(f"varied English captions ({args.varied.relative_to(ROOT) if args.varied.is_relative_to(ROOT) else args.varied})",
-            read_varied(args.varied), use_java, args.show)
+    shown = args.varied.relative_to(ROOT) if args.varied.is_relative_to(ROOT) else args.varied
+    compare(f"varied English captions ({shown})", read_varied(args.varied), use_java, args.show)
     return 0
 
 

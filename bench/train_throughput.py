@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="train_bench"))
     rows, only = [], set(args.only.split(","))
     try:
-        n_img = max(sizes["extract_images"], sizes["e2e_batch"] * (sizes["e2e_steps"] + warm)) if only & {"b", "c"} else 0
+        n_img = (max(sizes["extract_images"], sizes["e2e_batch"] * (sizes["e2e_steps"] + warm))
+                 if only & {"b", "c"} else 0)
         paths = make_images(tmp / "images", n_img) if n_img else []
         n_cap = max(n_img, sizes["decoder_batch"] * 8)
         caps, vocab = make_captions(n_cap, args.vocab_size)
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
             b = sizes["decoder_batch"]
             loader = DataLoader(ds, batch_size=b, num_workers=min(args.workers, 4), collate_fn=collate_captions,
                                 pin_memory=device.type == "cuda", drop_last=True,
-                                sampler=RandomSampler(ds, replacement=True, num_samples=b * (warm + sizes["decoder_steps"])))
+                                sampler=RandomSampler(ds, replacement=True,
+                                                      num_samples=b * (warm + sizes["decoder_steps"])))
             s = run_steps(TeacherForced(model, False), model, loader, sizes["decoder_steps"], warm, cfg, device, dtype)
             rows.append(("(a) decoder training from cached features", "caption pairs/s", b,
                          b * sizes["decoder_steps"] / s))

@@ -3,7 +3,8 @@
 Layout (plain containers and tensors only, so `torch.load(path, weights_only=True)` reads it):
     {"format": "captioner/1",
      "model": {"config": {...}, "vocab": {"itos": [...]},
-               "decoder": state_dict, "encoder": state_dict | None},   # None: frozen, weights from EncoderConfig.weights
+               "decoder": state_dict,
+               "encoder": state_dict | None},   # None: frozen, weights from EncoderConfig.weights
      "train": {"epoch", "optimizer", "scheduler", "rng", "best", "history", ...} | absent,
      "meta": {...}}
 """

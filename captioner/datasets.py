@@ -152,7 +152,8 @@ def read_coco_captions(
         if not isinstance(img["file_name"], str) or not img["file_name"]:
             raise DatasetError(f"{file}: images[{i}] (id={img['id']}) field 'file_name' is not a non-empty string")
         if img["id"] in seen_ids:
-            raise DatasetError(f"{file}: image id {img['id']} appears twice (images[{seen_ids[img['id']]}] and images[{i}])")
+            raise DatasetError(f"{file}: image id {img['id']} appears twice "
+                               f"(images[{seen_ids[img['id']]}] and images[{i}])")
         seen_ids[img["id"]] = i
     needs_ids = False
     for i, ann in enumerate(annotations):
@@ -224,7 +225,8 @@ def read_coco_captions(
             records, file, image_dir_s, "image_dir",
             "it should be the folder that directly holds the files named in 'file_name', e.g. val2014/",
         )
-    logger.info("%s: %d images, %d captions (split %s)", file, len(records), sum(len(r.captions) for r in records), split)
+    logger.info("%s: %d images, %d captions (split %s)", file, len(records), sum(len(r.captions) for r in records),
+                split)
     return records
 
 

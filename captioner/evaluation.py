@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def decode_cache(model: Captioner, cache: FeatureCache, image_ids: Sequence[int], *, beam_size: int = 3,
-                 max_len: int = DEFAULT_MAX_LEN, batch_size: int = 100, progress: bool = False) -> dict[int, CaptionOutput]:
+                 max_len: int = DEFAULT_MAX_LEN, batch_size: int = 100,
+                 progress: bool = False) -> dict[int, CaptionOutput]:
     out = {}
     ids = [i for i in image_ids if i in cache.row_of]
     for s in tqdm(range(0, len(ids), batch_size), desc="decode", unit="batch", disable=not progress):
@@ -52,8 +53,9 @@ def caption_files(model: Captioner, paths: Sequence[str], *, beam_size: int = 3,
         yield [(paths[int(i)], None if e else next(outs), e) for i, e in zip(idx, errors)]
 
 
-def decode_records(model: Captioner, records: Sequence[ImageRecord], *, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN,
-                   batch_size: int = 50, num_workers: int = 0, progress: bool = False) -> dict[int, CaptionOutput]:
+def decode_records(model: Captioner, records: Sequence[ImageRecord], *, beam_size: int = 3,
+                   max_len: int = DEFAULT_MAX_LEN, batch_size: int = 50, num_workers: int = 0,
+                   progress: bool = False) -> dict[int, CaptionOutput]:
     """Run the encoder on the images (fine-tuned encoders); unreadable images are reported and skipped."""
     out = {}
     id_of = {r.path: r.image_id for r in records}

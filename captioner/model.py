@@ -75,7 +75,8 @@ class Captioner(nn.Module):
     # --- checkpoints --------------------------------------------------------------------
     def model_state(self) -> dict[str, Any]:
         """The "model" entry of a checkpoint (encoder weights only when fine-tuned)."""
-        enc = None if self.encoder.stock_weights else {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+        enc = (None if self.encoder.stock_weights
+               else {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()})
         return {"config": self.cfg.to_dict(), "vocab": self.vocab.state_dict(),
                 "decoder": {k: v.detach().cpu() for k, v in self.decoder.state_dict().items()},
                 "encoder": enc}

@@ -81,7 +81,8 @@ def greedy_search(decoder: Decoder, feats: torch.Tensor, max_len: int = DEFAULT_
 
 
 @torch.no_grad()
-def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
+def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3,
+                max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
     """Beam search for many images at once: B images x K beams run as one (B*K) batch.
 
     Every step ranks each image's candidates (K live beams x V words) by length-normalised
@@ -159,7 +160,8 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_l
     return results
 
 
-def search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
+def search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3,
+           max_len: int = DEFAULT_MAX_LEN) -> list[SearchResult]:
     """The one entry point: greedy for beam_size 1, batched beam search otherwise."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, not {beam_size}")

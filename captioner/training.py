@@ -70,7 +70,7 @@ class TrainConfig:
     out: str = "runs/shapes"  # run directory: config.yaml, last.pt, best.pt, history.json, TensorBoard events
     cache_dir: str = "cache"  # feature caches, shared by runs
     # model
-    backbone: str = "tf_efficientnet_lite0"  # timm name; the package weights fit tf_efficientnet_lite0 (as trained) or efficientnet_lite0
+    backbone: str = "tf_efficientnet_lite0"  # timm name; the package weights fit it (as trained) or efficientnet_lite0
     encoder_weights: str = "package"  # "package" (offline ImageNet weights), a state_dict path, or "none"
     image_size: int = 224
     stages: tuple[int, ...] = (2, 3)  # encoder stages concatenated into the grid (the last sets its size)
@@ -347,8 +347,8 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
                             generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         model.train()
         sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, batches: summed on the device
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and dist.main),
-                   leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (cfg.progress and dist.main), leave=False)
         for batch in bar:
             if dist.enabled and cfg.fine_tune_encoder:
                 # A batch of only unreadable images is dropped; every rank must then skip the step together.
@@ -413,7 +413,8 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
 
 
 def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, trainable: list, inputs: torch.Tensor,
-                      tokens: torch.Tensor, cfg: TrainConfig, dist: Dist = ONE_PROCESS, dtype: torch.dtype | None = None):
+                      tokens: torch.Tensor, cfg: TrainConfig, dist: Dist = ONE_PROCESS,
+                      dtype: torch.dtype | None = None):
     """One forward/backward/update on a batch already on the device (the learning-rate schedule steps outside).
 
     Returns the detached (loss, cross-entropy, regulariser) of this rank's batch; under DDP

@@ -55,7 +55,8 @@ def good_run(images, tmp_path_factory):
     for p in images[:6]:
         shutil.copy(p, folder / p.name)
     out = base / "captions.jsonl"
-    rc = run(folder, "--out", out, "--beams-out", "--attention-dir", base / "att", "--batch-size", "4", "--workers", "1")
+    rc = run(folder, "--out", out, "--beams-out", "--attention-dir", base / "att",
+             "--batch-size", "4", "--workers", "1")
     return rc, out, base / "att", sorted(folder.glob("*.jpg"))
 
 

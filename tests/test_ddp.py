@@ -82,7 +82,8 @@ def test_two_processes_train_what_one_process_trains(world, tmp_path, objective)
         c2 = tmp_path / "cache2" / c1.relative_to(tmp_path / "cache1")
         a, b = FeatureCache(c1), FeatureCache(c2)
         assert a.image_ids == b.image_ids
-        np.testing.assert_allclose(a.array.astype(np.float32), b.array.astype(np.float32), rtol=2e-3, atol=1e-2)  # fp16: 1 ulp
+        np.testing.assert_allclose(a.array.astype(np.float32), b.array.astype(np.float32),
+                                   rtol=2e-3, atol=1e-2)  # fp16: 1 ulp
 
 
 def test_feature_command_resumes_after_kill_and_shares_chunks(world, tmp_path):
@@ -103,13 +104,15 @@ def test_feature_command_resumes_after_kill_and_shares_chunks(world, tmp_path):
     assert f"{kept} of 8 chunks already done" in res.stderr
     c = FeatureCache(tmp_path / "c" / ca.relative_to(tmp_path / "a"))
     assert c.image_ids == a.image_ids and not partial.exists()
-    np.testing.assert_allclose(c.array.astype(np.float32), a.array.astype(np.float32), rtol=2e-3, atol=1e-2)  # fp16: 1 ulp
+    np.testing.assert_allclose(c.array.astype(np.float32), a.array.astype(np.float32),
+                               rtol=2e-3, atol=1e-2)  # fp16: 1 ulp
 
     # two processes share the chunks of one cache
     run(torchrun(2, *base, "--cache-dir", str(tmp_path / "b")))
     b = FeatureCache(tmp_path / "b" / ca.relative_to(tmp_path / "a"))
     assert b.image_ids == a.image_ids
-    np.testing.assert_allclose(b.array.astype(np.float32), a.array.astype(np.float32), rtol=2e-3, atol=1e-2)  # fp16: 1 ulp
+    np.testing.assert_allclose(b.array.astype(np.float32), a.array.astype(np.float32),
+                               rtol=2e-3, atol=1e-2)  # fp16: 1 ulp
 
 
 def _children(pid: int) -> list[int]:

@@ -228,7 +228,8 @@ def test_decompression_bomb_checked_before_decoding():
     bomb = _encode(Image.new("1", (3000, 3000)), "PNG")
     assert len(bomb) < 10_000
     with pytest.raises(
-        ImageLoadError, match=r"<upload>: image is 3000x3000 = 9,000,000 pixels, more than the limit max_pixels=1,000,000"
+        ImageLoadError,
+        match=r"<upload>: image is 3000x3000 = 9,000,000 pixels, more than the limit max_pixels=1,000,000",
     ):
         load_image(bomb, max_pixels=1_000_000)
     assert load_image(bomb, max_pixels=9_000_000).size == (3000, 3000)
@@ -249,7 +250,8 @@ def test_decompression_bomb_beyond_pillows_own_limit():
 
 def test_too_many_bytes(tmp_path):
     data = _encode(Image.new("RGB", (8, 8), RED), "PNG")
-    with pytest.raises(ImageLoadError, match=rf"<upload>: input is {len(data)} bytes, more than the limit max_bytes=10"):
+    with pytest.raises(ImageLoadError,
+                       match=rf"<upload>: input is {len(data)} bytes, more than the limit max_bytes=10"):
         load_image(data, max_bytes=10)
     path = tmp_path / "big.png"
     path.write_bytes(data)
@@ -263,7 +265,8 @@ def test_too_many_bytes(tmp_path):
 def test_min_side_and_max_aspect():
     with pytest.raises(ImageLoadError, match=r"image is 20x4, smaller than the minimum side min_side=8"):
         load_image(Image.new("RGB", (20, 4)), min_side=8)
-    with pytest.raises(ImageLoadError, match=r"tall.png: image is 4x40, aspect ratio 10.0:1 is more elongated than max_aspect=5"):
+    with pytest.raises(ImageLoadError,
+                       match=r"tall.png: image is 4x40, aspect ratio 10.0:1 is more elongated than max_aspect=5"):
         load_image(_encode(Image.new("RGB", (4, 40)), "PNG"), max_aspect=5, name="tall.png")
     assert load_image(Image.new("RGB", (4, 20)), min_side=4, max_aspect=5).size == (4, 20)
 

@@ -205,7 +205,8 @@ def test_unreadable_evaluation_images_count_as_empty_captions(trained, world, tm
     info = res["info"]
     assert info["images"] == TINY["test"] and info["unreadable_images"] == 1
     assert info["unreadable_image_ids"] == [bad.image_id]
-    preds = {p["image_id"]: p["caption"] for p in json.loads((tmp_path / "ev" / "predictions_test_beam2.json").read_text())}
+    predictions = json.loads((tmp_path / "ev" / "predictions_test_beam2.json").read_text())
+    preds = {p["image_id"]: p["caption"] for p in predictions}
     assert len(preds) == TINY["test"] - 1 and bad.image_id not in preds
     refs = {r.image_id: r.captions for r in shapes_source(copy).split("test")}
     expected, _ = coco_caption_scores({**preds, bad.image_id: ""}, refs, meteor=False)
