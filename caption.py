@@ -28,10 +28,10 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from captioner.atomic import atomic_write_text
 from captioner.search import DEFAULT_MAX_LEN
 from cli import DEFAULT_CHECKPOINT, setup_logging
 
@@ -146,18 +146,6 @@ def attention_png(path: str) -> str:
 
 # --- the record journal -------------------------------------------------------------------------
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is an ordinary data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Journal:
@@ -213,7 +201,7 @@ class Journal:
                 keep.append(line)
         if len(keep) < len(lines):
             log.warning("%s: dropping %d unreadable or repeated lines", self.path, len(lines) - len(keep))
-            _atomic_write(self.path, header + "".join(keep))
+            atomic_write_text(self.path, header + "".join(keep))
         return records
 
     def append(self, records: list[dict]) -> None:
@@ -367,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = done + new
     if coco:
-        _atomic_write(args.out, json.dumps([{"image_id": r["image_id"], "caption": r["caption"]}
+        atomic_write_text(args.out, json.dumps([{"image_id": r["image_id"], "caption": r["caption"]}
                                             for r in records if "error" not in r]))
     return summarize(records, n_run, time.monotonic() - start, args.out, journal.path)
 

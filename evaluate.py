@@ -17,6 +17,7 @@ import logging
 import math
 from pathlib import Path
 
+from captioner.atomic import atomic_write_json
 from captioner.search import DEFAULT_MAX_LEN
 from cli import DEFAULT_CHECKPOINT, add_data_args, data_source, setup_logging
 
@@ -100,9 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.split}_beam{args.beam}"
     preds = [{"image_id": i, "caption": o.text} for i, o in sorted(outputs.items())]
-    (out / f"predictions_{stem}.json").write_text(json.dumps(preds))
+    atomic_write_json(out / f"predictions_{stem}.json", preds)
     finite = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
-    (out / f"metrics_{stem}.json").write_text(json.dumps({"metrics": finite, "info": info}, indent=2))
+    atomic_write_json(out / f"metrics_{stem}.json", {"metrics": finite, "info": info}, indent=2)
     log.info("%s split, %d images%s, beam %d; scorer %s, tokenizer %s%s; wrote %s", args.split, info["images"],
              f" ({info['unreadable_images']} unreadable, scored as empty captions)"
              if info["unreadable_images"] else "",

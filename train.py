@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from captioner.atomic import atomic_write_text
 from captioner.training import TrainConfig
 from cli import add_data_args, data_source, setup_logging
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
             resolved.update(asdict(cfg))
             resolved["stages"] = list(cfg.stages)
             resolved["world_size"] = dist.world
-            (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
         from captioner.training import train
 

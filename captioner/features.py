@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .atomic import atomic_write_json
 from .datasets import ImageRecord
 from .distributed import ONE_PROCESS, Dist, barrier, broadcast_object
 from .encoder import Encoder, EncoderConfig
@@ -178,9 +179,7 @@ class _Progress:
         return range(k * self.size, min(self.n, (k + 1) * self.size))
 
     def finish(self, k: int, failed: list[dict]) -> None:
-        tmp = self.marker(k).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"failed": failed}))
-        os.replace(tmp, self.marker(k))
+        atomic_write_json(self.marker(k), {"failed": failed})
 
     def failed(self) -> list[dict]:
         return [f for k in range(self.chunks) for f in json.loads(self.marker(k).read_text())["failed"]]
@@ -219,7 +218,7 @@ def _open_work(work: Path, meta: dict, shape: tuple[int, ...]) -> dict:
         tmp = work.with_name(f"{work.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
         tmp.mkdir(parents=True)
         np.lib.format.open_memmap(tmp / "feats.npy", mode="w+", dtype=np.float16, shape=shape).flush()
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        atomic_write_json(tmp / "meta.json", meta)
         try:
             os.rename(tmp, work)
             return meta
@@ -338,8 +337,7 @@ def _finish(work: Path, folder: Path, records: Sequence[ImageRecord], prog: _Pro
     for p in work.glob("chunk-*.json"):
         p.unlink()
     (work / "meta.json").unlink()
-    with open(work / "index.json", "w") as f:
-        json.dump(index, f)
+    atomic_write_json(work / "index.json", index)
     try:
         os.rename(work, folder)  # fails on an existing (non-empty) folder: nothing is replaced
     except OSError:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -437,16 +438,8 @@ def _render_task(task: tuple[str, int, str, int, int, tuple]) -> dict:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic write: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary data files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Compact JSON, written atomically: readers never see a half-written file."""
+    atomic_write_json(path, data, separators=(",", ":"))
 
 
 def _image_entry(rec: dict) -> dict:

@@ -15,7 +15,6 @@ so N processes compute the gradient that one process computes on the same global
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from .atomic import atomic_write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .decoder import OBJECTIVES, caption_loss
 from .distributed import (
@@ -396,7 +396,7 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
             if improved:
                 save_checkpoint(payload, out / "best.pt")
             save_checkpoint(payload, out / "last.pt")
-            (out / "history.json").write_text(json.dumps(history, indent=2))
+            atomic_write_json(out / "history.json", history, indent=2)
             log.info("epoch %d/%d  loss %.4f (ce %.4f reg %.4f)  val BLEU-4 %.4f CIDEr %.4f%s  lr %.2e  %.0fs",
                      epoch + 1, cfg.epochs, entry["loss"], entry["ce"], entry["reg"], scores["BLEU-4"],
                      scores["CIDEr"], "  *best*" if improved else "", entry["lr"], entry["seconds"])
@@ -408,7 +408,7 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
                f"best_val_{cfg.val_metric}": best["value"], "history": history}
     if dist.main:
         writer.close()
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(out / "summary.json", summary, indent=2)
     return summary
 
 
