@@ -111,23 +111,13 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
 
 def load_image_ids(path: str) -> dict[str, int]:
-    """File name -> image id from a COCO captions/instances json or a Karpathy split json."""
+    """File name -> image id from a COCO captions/instances json or a Karpathy split json (the readers' rule)."""
+    from captioner.datasets import DatasetError, image_ids_by_file_name
+
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise InputError(f"{path}: not a JSON file ({e})") from e
-    images = data.get("images") if isinstance(data, dict) else None
-    ids = {}
-    for im in images if isinstance(images, list) else []:
-        if "file_name" in im and "id" in im:  # COCO
-            ids[os.path.basename(im["file_name"])] = int(im["id"])
-        elif "filename" in im and im.get("cocoid", im.get("imgid")) is not None:  # Karpathy
-            ids[im["filename"]] = int(im.get("cocoid", im.get("imgid")))
-    if not ids:
-        raise InputError(f"{path}: no images with ids (expected a COCO json with images[].file_name/id "
-                         "or a Karpathy json with images[].filename/cocoid)")
-    return ids
+        return image_ids_by_file_name(path)
+    except DatasetError as e:
+        raise InputError(str(e)) from e
 
 
 def image_id(path: str, ids: dict[str, int] | None) -> int | None:

@@ -119,6 +119,25 @@ def _check_images_exist(records: Sequence[ImageRecord], file: str, folder: str, 
 # --- COCO -------------------------------------------------------------------
 
 
+def _check_coco_images(images: list[Any], file: str) -> None:
+    """COCO's images[]: objects with an integer "id" (each once) and a non-empty "file_name"."""
+    seen_ids: dict[int, int] = {}
+    for i, img in enumerate(images):
+        if not isinstance(img, dict):
+            raise DatasetError(f"{file}: images[{i}] is a {type(img).__name__}, expected an object")
+        for field in ("id", "file_name"):
+            if field not in img:
+                raise DatasetError(f"{file}: images[{i}] (id={img.get('id', '?')}) is missing field {field!r}")
+        if not _is_int(img["id"]):
+            raise DatasetError(f"{file}: images[{i}] field 'id' is {img['id']!r}, expected an integer")
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise DatasetError(f"{file}: images[{i}] (id={img['id']}) field 'file_name' is not a non-empty string")
+        if img["id"] in seen_ids:
+            raise DatasetError(f"{file}: image id {img['id']} appears twice "
+                               f"(images[{seen_ids[img['id']]}] and images[{i}])")
+        seen_ids[img["id"]] = i
+
+
 def read_coco_captions(
     annotation_file: str | os.PathLike[str],
     image_dir: str | os.PathLike[str],
@@ -140,21 +159,7 @@ def read_coco_captions(
 
     # Validate fields ourselves first: pycocotools would fail with a bare
     # KeyError that names neither the file nor the entry.
-    seen_ids: dict[int, int] = {}
-    for i, img in enumerate(images):
-        if not isinstance(img, dict):
-            raise DatasetError(f"{file}: images[{i}] is a {type(img).__name__}, expected an object")
-        for field in ("id", "file_name"):
-            if field not in img:
-                raise DatasetError(f"{file}: images[{i}] (id={img.get('id', '?')}) is missing field {field!r}")
-        if not _is_int(img["id"]):
-            raise DatasetError(f"{file}: images[{i}] field 'id' is {img['id']!r}, expected an integer")
-        if not isinstance(img["file_name"], str) or not img["file_name"]:
-            raise DatasetError(f"{file}: images[{i}] (id={img['id']}) field 'file_name' is not a non-empty string")
-        if img["id"] in seen_ids:
-            raise DatasetError(f"{file}: image id {img['id']} appears twice "
-                               f"(images[{seen_ids[img['id']]}] and images[{i}])")
-        seen_ids[img["id"]] = i
+    _check_coco_images(images, file)
     needs_ids = False
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict):
@@ -233,6 +238,29 @@ def read_coco_captions(
 # --- Karpathy ---------------------------------------------------------------
 
 
+def _karpathy_label(i: int, entry: dict) -> str:
+    return f"images[{i}] (imgid={entry.get('imgid', '?')}, filename={entry.get('filename', '?')!r})"
+
+
+def _karpathy_id(entry: dict, i: int, file: str, seen_ids: dict[int, int]) -> int:
+    """The image id of a Karpathy entry: its COCO id ('cocoid') when present, else 'imgid'; each once."""
+    label = _karpathy_label(i, entry)
+    if "cocoid" in entry:
+        image_id = entry["cocoid"]
+    elif "imgid" in entry:
+        image_id = entry["imgid"]
+    else:
+        raise DatasetError(f"{file}: {label} is missing field 'imgid' (and has no 'cocoid')")
+    if not _is_int(image_id):
+        raise DatasetError(f"{file}: {label} has image id {image_id!r}, expected an integer")
+    if image_id in seen_ids:
+        raise DatasetError(
+            f"{file}: image id {image_id} appears twice (images[{seen_ids[image_id]}] and images[{i}])"
+        )
+    seen_ids[image_id] = i
+    return image_id
+
+
 def read_karpathy(
     split_file: str | os.PathLike[str],
     image_root: str | os.PathLike[str],
@@ -259,23 +287,11 @@ def read_karpathy(
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise DatasetError(f"{file}: images[{i}] is a {type(entry).__name__}, expected an object")
-        label = f"images[{i}] (imgid={entry.get('imgid', '?')}, filename={entry.get('filename', '?')!r})"
+        label = _karpathy_label(i, entry)
         for field in ("split", "filename", "sentences"):
             if field not in entry:
                 raise DatasetError(f"{file}: {label} is missing field {field!r}")
-        if "cocoid" in entry:
-            image_id = entry["cocoid"]
-        elif "imgid" in entry:
-            image_id = entry["imgid"]
-        else:
-            raise DatasetError(f"{file}: {label} is missing field 'imgid' (and has no 'cocoid')")
-        if not _is_int(image_id):
-            raise DatasetError(f"{file}: {label} has image id {image_id!r}, expected an integer")
-        if image_id in seen_ids:
-            raise DatasetError(
-                f"{file}: image id {image_id} appears twice (images[{seen_ids[image_id]}] and images[{i}])"
-            )
-        seen_ids[image_id] = i
+        image_id = _karpathy_id(entry, i, file, seen_ids)
         split = entry["split"]
         if not isinstance(split, str) or not split:
             raise DatasetError(f"{file}: {label} field 'split' is {split!r}, expected a non-empty string")
@@ -333,6 +349,30 @@ def read_karpathy(
         )
     logger.info("%s: %s", file, split_summary(result))
     return result
+
+
+def image_ids_by_file_name(path: str | os.PathLike[str]) -> dict[str, int]:
+    """File name -> image id, by the readers' own rules, from a COCO captions or instances file
+    (images[].file_name / id) or a Karpathy split file (images[].filename / cocoid, else imgid).
+
+    Only the images list is read (no annotations, no image folder): what batch captioning needs
+    to write results under the ids a COCO scorer expects.
+    """
+    file = os.fspath(path)
+    images = _require_list(_load_json(file, "--image-ids"), "images", file,
+                           "expected a COCO captions/instances file or a Karpathy split file")
+    if images and isinstance(images[0], dict) and "file_name" in images[0]:
+        _check_coco_images(images, file)
+        return {os.path.basename(im["file_name"]): im["id"] for im in images}
+    ids: dict[str, int] = {}
+    seen: dict[int, int] = {}
+    for i, entry in enumerate(images):
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str) or not entry["filename"]:
+            raise DatasetError(f"{file}: images[{i}] has no 'file_name' (COCO) or 'filename' (Karpathy)")
+        ids[entry["filename"]] = _karpathy_id(entry, i, file, seen)
+    if not ids:
+        raise DatasetError(f"{file}: its images list is empty")
+    return ids
 
 
 def split_summary(records: Mapping[str, Sequence[ImageRecord]] | Iterable[ImageRecord]) -> str:

@@ -149,6 +149,21 @@ def test_image_ids(tmp_path):
                                                {"filename": "c.jpg", "imgid": 3}]}))
     assert caption.load_image_ids(str(coco)) == {"a.jpg": 7}
     assert caption.load_image_ids(str(karpathy)) == {"b.jpg": 42, "c.jpg": 3}
+    # the readers' rules and messages: a COCO id that is not an integer, an id given twice
+    coco.write_text(json.dumps({"images": [{"id": "7", "file_name": "a.jpg"}]}))
+    with pytest.raises(caption.InputError, match=r"images\[0\] field 'id' is '7', expected an integer"):
+        caption.load_image_ids(str(coco))
+    karpathy.write_text(json.dumps({"images": [{"filename": "b.jpg", "cocoid": 5}, {"filename": "c.jpg", "imgid": 5}]}))
+    with pytest.raises(caption.InputError, match="image id 5 appears twice"):
+        caption.load_image_ids(str(karpathy))
+
+
+def test_image_ids_agree_with_the_readers(world):
+    from captioner.datasets import read_karpathy
+
+    ids = caption.load_image_ids(str(world / "dataset_shapes.json"))
+    records = [r for rs in read_karpathy(world / "dataset_shapes.json", world / "images").values() for r in rs]
+    assert ids == {Path(r.path).name: r.image_id for r in records}
 
 
 def test_every_format_parses_and_coco_scores(world, images, tmp_path):
