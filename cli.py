@@ -43,6 +43,16 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
+def data_source_rank0_first(args: argparse.Namespace, dist):
+    """data_source() under torchrun: rank 0 reads it first (and generates the shapes world if it is
+    missing), the others wait, then read what it left on disk. One process: just data_source()."""
+    from captioner import distributed
+
+    source = data_source(args) if dist.main else None
+    distributed.barrier(dist)
+    return source if dist.main else data_source(args)
+
+
 def data_source(args: argparse.Namespace):
     from captioner import sources
 

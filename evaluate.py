@@ -61,8 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     setup_logging()
-    from captioner.evaluation import decode_cache, decode_records, score_outputs
-    from captioner.features import cached_features
+    from captioner.evaluation import decode_split, score_outputs, split_features
     from captioner.metrics import METRIC_KEYS
     from captioner.model import Captioner
     from captioner.runtime import resolve_device
@@ -74,16 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_images:
         records = records[: args.max_images]
     progress = not args.no_progress
-    cache = None
-    if not model.encoder.stock_weights:  # a fine-tuned encoder: cached features would be stale
-        outputs = decode_records(model, records, beam_size=args.beam, max_len=args.max_len,
-                                 batch_size=args.batch_size, num_workers=args.workers, progress=progress)
-    else:
-        # A frozen encoder: its features are cached per (dataset, split, encoder config).
-        cache = cached_features(model.encoder, records, args.cache_dir, source.name, args.split,
-                                num_workers=args.workers, device=device, progress=progress)
-        outputs = decode_cache(model, cache, [r.image_id for r in records], beam_size=args.beam,
-                               max_len=args.max_len, batch_size=args.batch_size, progress=progress)
+    # A frozen encoder's features come from the shared cache; a fine-tuned one runs on the images.
+    cache = split_features(model, records, args.cache_dir, source.name, args.split, num_workers=args.workers,
+                           device=device, progress=progress)
+    outputs = decode_split(model, records, cache, beam_size=args.beam, max_len=args.max_len,
+                           batch_size=args.batch_size, num_workers=args.workers, progress=progress)
     unreadable = [r for r in records if r.image_id not in outputs]
     if unreadable and args.unreadable == "error":
         reasons = {f["image_id"]: f["error"] for f in (cache.failed if cache is not None else [])}

@@ -18,7 +18,7 @@ import logging
 from dataclasses import asdict
 
 from captioner.encoder import EncoderConfig
-from cli import add_data_args, data_source, setup_logging
+from cli import add_data_args, data_source_rank0_first, setup_logging
 
 log = logging.getLogger("extract_features")
 
@@ -62,11 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
-        if dist.main:
-            source = data_source(args)
-        distributed.barrier(dist)
-        if not dist.main:
-            source = data_source(args)
+        source = data_source_rank0_first(args, dist)
         encoder = Encoder(cfg).to(device).eval()
         report = {}
         for split in args.splits.split(","):

@@ -24,7 +24,7 @@ import yaml
 
 from captioner.atomic import atomic_write_text
 from captioner.training import TrainConfig
-from cli import add_data_args, data_source, setup_logging
+from cli import add_data_args, data_source_rank0_first, setup_logging
 
 PRESETS = {
     # The bundled demo model: about 15 minutes on a 2-core CPU, world generation and features included.
@@ -146,11 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(logging.INFO if dist.main else logging.WARNING)  # one process speaks for the run
     cfg = replace(cfg, device=device)
     try:
-        if dist.main:
-            source = data_source(args)  # may generate the shapes world: once, before the others look
-        distributed.barrier(dist)
-        if not dist.main:
-            source = data_source(args)
+        source = data_source_rank0_first(args, dist)
         out = Path(cfg.out)
         if dist.main:
             out.mkdir(parents=True, exist_ok=True)

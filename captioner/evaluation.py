@@ -14,15 +14,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .datasets import ImageRecord
-from .features import FeatureCache, ImageFileDataset
+from .features import FeatureView, ImageFileDataset, cached_features
 from .metrics import METRIC_KEYS, NLTK_BLEU_KEYS
 from .model import Captioner, CaptionOutput
+from .scene_metrics import SHAPES_METRICS, shapes_scores
 from .search import DEFAULT_MAX_LEN
 
 log = logging.getLogger(__name__)
 
 
-def decode_cache(model: Captioner, cache: FeatureCache, image_ids: Sequence[int], *, beam_size: int = 3,
+def decode_cache(model: Captioner, cache: FeatureView, image_ids: Sequence[int], *, beam_size: int = 3,
                  max_len: int = DEFAULT_MAX_LEN, batch_size: int = 100,
                  progress: bool = False) -> dict[int, CaptionOutput]:
     out = {}
@@ -33,6 +34,29 @@ def decode_cache(model: Captioner, cache: FeatureCache, image_ids: Sequence[int]
         for iid, o in zip(chunk, model.decode(feats, beam_size, max_len)):
             out[iid] = o
     return out
+
+
+def split_features(model: Captioner, records: Sequence[ImageRecord], cache_dir: str, dataset: str, split: str,
+                   **kw) -> FeatureView | None:
+    """Where a split's features come from: the feature cache (built on first use) when the encoder
+    has the stock weights its config names; None when it was fine-tuned, whose cached features
+    would be stale, so decode_split runs the encoder on the images. `kw` goes to cached_features."""
+    if not model.encoder.stock_weights:
+        return None
+    return cached_features(model.encoder, records, cache_dir, dataset, split, **kw)
+
+
+def decode_split(model: Captioner, records: Sequence[ImageRecord], features: FeatureView | None, *,
+                 beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN, batch_size: int | None = None,
+                 num_workers: int = 0, progress: bool = False) -> dict[int, CaptionOutput]:
+    """Search every record, from `features` (split_features) or, when None, from its image;
+    unreadable images get no output. batch_size None: each path's default."""
+    kw = {} if batch_size is None else {"batch_size": batch_size}
+    if features is not None:
+        return decode_cache(model, features, [r.image_id for r in records], beam_size=beam_size, max_len=max_len,
+                            progress=progress, **kw)
+    return decode_records(model, records, beam_size=beam_size, max_len=max_len, num_workers=num_workers,
+                          progress=progress, **kw)
 
 
 def caption_files(model: Captioner, paths: Sequence[str], *, beam_size: int = 3, max_len: int = DEFAULT_MAX_LEN,
@@ -71,7 +95,6 @@ def decode_records(model: Captioner, records: Sequence[ImageRecord], *, beam_siz
     return out
 
 
-SHAPES_METRICS = ("scene_accuracy", "grounding", "relation_accuracy", "relation_rate")  # need the scenes' objects
 # What training can select best.pt by: every score evaluate.py reports except grounding_chance (a baseline).
 VAL_METRICS = METRIC_KEYS + NLTK_BLEU_KEYS + SHAPES_METRICS
 
@@ -80,13 +103,14 @@ def score_outputs(outputs: dict[int, CaptionOutput], records: Sequence[ImageReco
                   objects: dict[int, list[dict]] | None = None,
                   image_sizes: dict[int, tuple[int, int]] | None = None,
                   metrics: Sequence[str] | None = None, meteor: bool | None = None) -> tuple[dict, dict]:
-    """COCO caption metrics (+ scene accuracy, grounding and relations when objects are known).
+    """COCO caption metrics (+ the shapes-world scores of scene_metrics.shapes_scores when objects are known).
 
     Every record is scored: an image without an output (it could not be read) counts as an
     empty caption, so an unreadable image lowers the scores instead of leaving the set, and
-    `info["unreadable_images"]` says how many there were. `metrics` names the COCO scorers to
-    run and whether to add nltk's BLEU (None: all of them); the shapes-world metrics are computed
-    whenever `objects` is given.
+    `info["unreadable_images"]` says how many there were; grounding, which needs attention, is
+    measured on the images that were read. `metrics` names the COCO scorers to run and whether
+    to add nltk's BLEU (None: all of them); the shapes-world scores are computed whenever
+    `objects` is given.
     """
     from . import metrics as M
 
@@ -105,21 +129,9 @@ def score_outputs(outputs: dict[int, CaptionOutput], records: Sequence[ImageReco
         info["unreadable_image_ids"] = sorted(missing)[:100]
         info["unreadable_scored_as"] = "an empty caption"
     if objects is not None:
-        objs = {i: objects.get(i, []) for i in refs}
-        scores["scene_accuracy"] = M.scene_accuracy(preds, objs)
         seen = [i for i in refs if i in outputs]  # attention exists only for images that were read
-        g = M.attention_grounding({i: outputs[i].words for i in seen}, {i: outputs[i].alphas for i in seen},
-                                  {i: objs[i] for i in seen}, {i: image_sizes[i] for i in seen})
-        scores["grounding"] = g["grounding"]
-        scores["grounding_chance"] = g["grounding_chance"]
-        rel = M.relation_accuracy(preds, objs)
-        scores["relation_accuracy"] = rel["relation_accuracy"]
-        scores["relation_rate"] = rel["relation_rate"]
-        info["relations_checked"] = rel["relations_checked"]
-        info["relation_accuracy"] = ("share of stated 'X [is] left of/right of/above/below Y' relations that are true; "
-                                     "relation_rate: share of multi-object images whose caption states one")
-        info["grounding_words"] = g["grounding_words"]
-        info["scene_accuracy"] = "share of images whose caption names exactly the colour-shape objects present"
-        info["grounding"] = ("mean share of a colour/shape word's attention inside the named object's box; "
-                             "grounding_chance: mean share of the image those boxes cover")
+        shapes, shapes_info = shapes_scores(preds, {i: outputs[i].words for i in seen},
+                                            {i: outputs[i].alphas for i in seen}, objects, image_sizes)
+        scores.update(shapes)
+        info.update(shapes_info)
     return scores, info

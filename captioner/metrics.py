@@ -1,4 +1,4 @@
-"""Caption evaluation metrics: COCO caption scores and shapes-world grounding metrics.
+"""Caption metrics on text: the COCO caption scores, and BLEU as nltk computes it.
 
 This module owns:
 
@@ -7,8 +7,11 @@ This module owns:
   pycocoevalcap's 0-1 scale (CIDEr can exceed 1). Both sides are tokenised with pycocoevalcap's
   PTBTokenizer (Java); without Java a pure-Python PTB-like tokenisation is used and METEOR is
   skipped. The second return value records how the numbers were made.
-* `scene_accuracy`, `box_coverage_grid`, `attention_grounding`: metrics for the synthetic
-  shapes dataset, where the objects of every image (colour, shape, box) are known.
+* `nltk_corpus_bleu`: BLEU-1..4 as nltk's corpus_bleu computes them, labelled "nltk_BLEU-n",
+  to compare with tutorials (not a COCO metric).
+
+The shapes world's measurements (scene accuracy, grounding, relations), which need the objects
+of every image, are in captioner.scene_metrics.
 
 No IO at import. The METEOR scorer is a long-lived Java process: it is started on first use,
 kept for later calls (validation runs every epoch) and stopped at exit or by `close_meteor()`.
@@ -20,15 +23,11 @@ import contextlib
 import functools
 import io
 import logging
-import math
 import shutil
 import subprocess
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-
-import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +35,6 @@ METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CID
 
 PTB_TOKENIZER_NAME = "PTBTokenizer (Stanford CoreNLP 3.4.1, Java)"
 _TEXT_TOKENIZER_NAME = "captioner.text.tokenize (pure-Python PTB-like)"
-
-
-ParseFn = Callable[[Any], Counter]
-MentionsFn = Callable[[list[str]], list[tuple[int, tuple[str, str]]]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,190 +289,6 @@ def coco_caption_scores(
         logger.warning("%d references were empty after tokenisation and were dropped", dropped)
     logger.info("caption scores (%d images): %s", len(ids), scores)
     return scores, info
-
-
-# --------------------------------------------------------------------------------------------
-# Shapes-world metrics
-# --------------------------------------------------------------------------------------------
-
-def _default_parse_fn() -> ParseFn:
-    from captioner.shapes import parse_objects  # lazy: shapes is optional for COCO-only use
-
-    return parse_objects
-
-
-def _default_mentions_fn() -> MentionsFn:
-    from captioner.shapes import object_mentions
-
-    return object_mentions
-
-
-def _object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
-    return (obj["colour"], obj["shape"])
-
-
-def _check_same_ids(a: Mapping, b: Mapping, name_a: str, name_b: str) -> None:
-    if set(a) != set(b):
-        missing = sorted(set(b) - set(a), key=repr)[:10]
-        extra = sorted(set(a) - set(b), key=repr)[:10]
-        raise ValueError(f"{name_a} and {name_b} ids differ: missing {missing}, extra {extra}")
-
-
-def scene_accuracy(
-    predictions: dict[int, str],
-    objects: dict[int, list[dict]],
-    *,
-    parse_fn: ParseFn | None = None,
-) -> float:
-    """Share of images whose caption names exactly the (colour, shape) objects present.
-
-    Multiplicity counts ("two blue squares" must match two blue squares); sizes and positions
-    are ignored. parse_fn defaults to captioner.shapes.parse_objects. NaN for no images.
-    """
-    _check_same_ids(predictions, objects, "predictions", "objects")
-    if not objects:
-        return float("nan")
-    parse = parse_fn or _default_parse_fn()
-    hits = 0
-    for img_id, objs in objects.items():
-        truth = Counter(_object_key(o) for o in objs)
-        # Counter() again: a stand-in parser may return a plain dict; equality compares counts.
-        hits += int(Counter(parse(predictions[img_id])) == truth)
-    return hits / len(objects)
-
-
-def relation_accuracy(predictions: dict[int, str], objects: dict[int, list[dict]]) -> dict[str, float]:
-    """How often generated captions state a spatial relation, and how often it is right.
-
-    Reads "X [is] REL Y" statements (captioner.shapes.stated_relations); one is checked when X
-    and Y each name exactly one object in the image, against the same centre rule the world's
-    captions were written with. Returns relation_accuracy (NaN when nothing was checkable),
-    relations_checked, and relation_rate: the share of multi-object images whose caption states
-    at least one relation in that form.
-    """
-    from .shapes import relation, stated_relations
-
-    _check_same_ids(predictions, objects, "predictions", "objects")
-    checked = right = multi = stating = 0
-    for img_id, objs in objects.items():
-        stated = stated_relations(predictions[img_id])
-        if len(objs) > 1:
-            multi += 1
-            stating += bool(stated)
-        for subj, rel, obj in stated:
-            a = [o for o in objs if _object_key(o) == subj]
-            b = [o for o in objs if _object_key(o) == obj]
-            if len(a) == 1 and len(b) == 1 and a[0] is not b[0]:
-                checked += 1
-                right += relation(a[0], b[0]) == rel
-    return {"relation_accuracy": right / checked if checked else float("nan"),
-            "relations_checked": checked, "relation_rate": stating / multi if multi else float("nan")}
-
-
-def box_coverage_grid(
-    bbox: Sequence[float], image_size: tuple[int, int], grid: tuple[int, int]
-) -> np.ndarray:
-    """(h, w) array: the fraction of each grid cell's area covered by bbox.
-
-    bbox = [x, y, w, h] in pixels; image_size = (W, H); grid = (h, w) rows x columns of equal
-    cells over the whole image (the encoder resizes without cropping, so cells map linearly).
-    Parts of the box outside the image are ignored.
-    """
-    W, H = (float(v) for v in image_size)
-    rows, cols = (int(v) for v in grid)
-    if W <= 0 or H <= 0 or rows <= 0 or cols <= 0:
-        raise ValueError(f"bad image_size {image_size} or grid {grid}")
-    x, y, bw, bh = (float(v) for v in bbox)
-    if bw < 0 or bh < 0:
-        raise ValueError(f"negative box size in {bbox}")
-
-    def overlap(lo: float, hi: float, extent: float, n: int) -> np.ndarray:
-        # The box's 1-D coverage of each of n equal cells; the 2-D coverage of a cell is the
-        # product of its row and column coverages because both the box and cells are axis-aligned.
-        edges = np.linspace(0.0, extent, n + 1)
-        inter = np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1])
-        return np.clip(inter, 0.0, None) / (extent / n)
-
-    cover_x = overlap(x, x + bw, W, cols)
-    cover_y = overlap(y, y + bh, H, rows)
-    return np.clip(np.outer(cover_y, cover_x), 0.0, 1.0)
-
-
-def _as_grid_alphas(alpha: Any, n_tokens: int, img_id: Any) -> np.ndarray:
-    a = np.asarray(alpha, dtype=np.float64)
-    if a.ndim == 2:
-        # search.py keeps attention flattened (T, N); accept it when N is a square grid.
-        side = math.isqrt(a.shape[1])
-        if side * side != a.shape[1]:
-            raise ValueError(f"alphas[{img_id!r}] is (T, {a.shape[1]}): not a square grid")
-        a = a.reshape(a.shape[0], side, side)
-    if a.ndim != 3 or a.shape[0] != n_tokens:
-        raise ValueError(
-            f"alphas[{img_id!r}] has shape {a.shape}; expected ({n_tokens}, h, w), one row per "
-            "emitted token (drop the <end> step's attention if it was kept)"
-        )
-    return a
-
-
-def attention_grounding(
-    tokens: dict[int, list[str]],
-    alphas: dict[int, np.ndarray],
-    objects: dict[int, list[dict]],
-    image_sizes: dict[int, tuple[int, int]],
-    *,
-    mentions_fn: MentionsFn | None = None,
-) -> dict:
-    """How much attention colour/shape words put on the boxes of the objects they name.
-
-    For each generated colour or shape word (per mentions_fn, default
-    captioner.shapes.object_mentions) whose (colour, shape) matches at least one object of the
-    image: mask = union of the coverage grids of all matching objects; inside = sum(alpha * mask);
-    chance = mean(mask), what uniform attention would score. Words naming absent objects are
-    ignored (scene_accuracy already penalises them).
-
-    alphas[i]: (T, h, w) (or (T, h*w) with a square grid), T = len(tokens[i]).
-    image_sizes[i]: (W, H) of the original image, the frame of the object boxes.
-    Returns {"grounding", "grounding_chance", "grounding_words"}; NaNs and 0 when no word counts.
-    """
-    for other, name in ((alphas, "alphas"), (objects, "objects"), (image_sizes, "image_sizes")):
-        missing = [i for i in tokens if i not in other]
-        if missing:
-            raise ValueError(f"{name} lacks ids {sorted(missing, key=repr)[:10]}")
-    mentions = mentions_fn or _default_mentions_fn()
-
-    inside: list[float] = []
-    chance: list[float] = []
-    for img_id, toks in tokens.items():
-        alpha = _as_grid_alphas(alphas[img_id], len(toks), img_id)
-        grid = alpha.shape[1:]
-        # One union mask per named (colour, shape); None when no such object is in the image.
-        masks: dict[tuple[str, str], np.ndarray | None] = {}
-        for t, key in mentions(list(toks)):
-            if not 0 <= t < len(toks):
-                raise ValueError(f"mention index {t} outside tokens of image {img_id!r}")
-            key = tuple(key)
-            if key not in masks:
-                boxes = [o["bbox"] for o in objects[img_id] if _object_key(o) == key]
-                if not boxes:
-                    masks[key] = None
-                else:
-                    size = image_sizes[img_id]
-                    masks[key] = np.maximum.reduce(
-                        [box_coverage_grid(b, size, grid) for b in boxes]
-                    )
-            mask = masks[key]
-            if mask is None:
-                continue
-            inside.append(float((alpha[t] * mask).sum()))
-            chance.append(float(mask.mean()))
-
-    if not inside:
-        return {"grounding": float("nan"), "grounding_chance": float("nan"), "grounding_words": 0}
-    return {
-        "grounding": float(np.mean(inside)),
-        "grounding_chance": float(np.mean(chance)),
-        "grounding_words": len(inside),
-    }
 
 
 # --------------------------------------------------------------------------------------------

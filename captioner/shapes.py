@@ -1,11 +1,13 @@
 """The "shapes world": a synthetic, deterministic captioning dataset in COCO format.
 
-This module owns everything about the synthetic data: rendering scenes of 1-3
-coloured shapes on muted textured backgrounds, writing their captions and boxes
-(COCO captions/instances files plus a Karpathy-style split file), choosing the
-held-out (colour, shape) pairs used for the compositional ``test_novel`` split,
-and parsing captions back into objects (``parse_objects`` / ``object_mentions``)
-so that other modules can score generated captions.
+This module owns the generator: rendering scenes of 1-3 coloured shapes on muted
+textured backgrounds, writing their captions and boxes (COCO captions/instances files
+plus a Karpathy-style split file), choosing the held-out (colour, shape) pairs used for
+the compositional ``test_novel`` split, and reading a generated world back
+(``load_world`` / ``load_objects``). Its vocabulary (SHAPES, COLOURS, SIZES,
+NUMBER_WORDS, RELATIONS) and the rule the captions state relations by (``relation``)
+are defined here once; captioner.scene_metrics parses generated captions with them
+and scores them against the objects.
 
 Run ``python -m captioner.shapes --out data/shapes`` to generate the default world.
 """
@@ -17,11 +19,9 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import shutil
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,91 +61,6 @@ _COUNT_WORD = {v: k for k, v in NUMBER_WORDS.items()}
 def plural(shape: str) -> str:
     """English plural of a shape word ("cross" -> "crosses")."""
     return shape + "es" if shape.endswith(("s", "x", "sh", "ch")) else shape + "s"
-
-
-# --------------------------------------------------------------------------- parsing
-
-_SHAPE_FORMS = {**{s: s for s in SHAPES}, **{plural(s): s for s in SHAPES}}
-_ARTICLES = {"a", "an", "the", "another"}
-
-
-def _tokens(caption: str | Sequence[Any]) -> list[str]:
-    """Lower-case word tokens; a token list keeps its indices (junk becomes "")."""
-    if isinstance(caption, str):
-        return re.findall(r"[a-z]+", caption.lower())
-    try:
-        return [re.sub(r"[^a-z]", "", str(t).lower()) for t in caption]
-    except TypeError:  # not iterable
-        return []
-
-
-def _scan(tokens: Sequence[str]) -> list[tuple[int, int, tuple[str, str], int]]:
-    """Find (colour_idx, shape_idx, (colour, shape), count) noun phrases.
-
-    A noun phrase is [article | number] [size words] colour [size words] shape;
-    any other word ends it, so a colour only binds to a shape in the same phrase.
-    """
-    found = []
-    count: int | None = None
-    colour: str | None = None
-    colour_idx = -1
-    for i, tok in enumerate(tokens):
-        if tok in NUMBER_WORDS or tok in _ARTICLES:
-            count, colour = NUMBER_WORDS.get(tok, 1), None
-        elif tok in SIZES:
-            continue
-        elif tok in COLOURS:
-            colour, colour_idx = tok, i
-        elif tok in _SHAPE_FORMS and colour is not None:
-            found.append((colour_idx, i, (colour, _SHAPE_FORMS[tok]), count or 1))
-            count, colour = None, None
-        else:
-            count, colour = None, None
-    return found
-
-
-def parse_objects(caption: str | Sequence[str]) -> Counter:
-    """(colour, shape) -> count named in a caption string or token list; never raises."""
-    objects: Counter = Counter()
-    for _, _, key, count in _scan(_tokens(caption)):
-        objects[key] += count
-    return objects
-
-
-def object_mentions(tokens: Sequence[str]) -> list[tuple[int, tuple[str, str]]]:
-    """Token index and (colour, shape) of every colour/shape word in a parsed phrase."""
-    mentions = []
-    for c_idx, s_idx, key, _ in _scan(_tokens(tokens)):
-        mentions += [(c_idx, key), (s_idx, key)]
-    return mentions
-
-
-RELATIONS = ("to the left of", "to the right of", "above", "below")
-
-
-def stated_relations(tokens: str | Sequence[str]) -> list[tuple[tuple[str, str], str, tuple[str, str]]]:
-    """(subject, relation, object) for every "X [is] REL Y" in a caption, X and Y (colour, shape).
-
-    Only the direct form is read ("a red circle is to the left of a blue square"); pronoun forms
-    ("... with a red circle to its left") are not, so this undercounts stated relations.
-    """
-    toks = _tokens(tokens)
-    spans = [(c_idx, s_idx, key) for c_idx, s_idx, key, _ in _scan(toks)]
-    found = []
-    for rel in RELATIONS:
-        words = rel.split()
-        for p in range(len(toks) - len(words) + 1):
-            if toks[p: p + len(words)] != words:
-                continue
-            before = [sp for sp in spans if sp[1] < p]
-            after = [sp for sp in spans if sp[0] >= p + len(words)]
-            if not before or not after:
-                continue
-            subj, obj = before[-1], after[0]
-            gap = toks[subj[1] + 1: p]
-            if gap in ([], ["is"]) and obj[0] <= p + len(words) + 3:  # X [is] REL (a|small ...) Y
-                found.append((subj[2], rel, obj[2]))
-    return found
 
 
 # --------------------------------------------------------------------------- scenes
@@ -318,8 +233,12 @@ def _centre(obj: dict) -> tuple[float, float]:
     return x + w / 2, y + h / 2
 
 
+# The phrases `relation` returns: the captions state them, captioner.scene_metrics reads them back.
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+
+
 def relation(a: dict, b: dict) -> str:
-    """Where a is relative to b, along the dominant axis of their centres."""
+    """Where a is relative to b (one of RELATIONS), along the dominant axis of their centres."""
     (ax, ay), (bx, by) = _centre(a), _centre(b)
     if abs(ax - bx) >= abs(ay - by):
         return "to the left of" if ax < bx else "to the right of"

@@ -41,7 +41,7 @@ from .distributed import (
     gather_objects,
 )
 from .encoder import EncoderConfig
-from .evaluation import SHAPES_METRICS, VAL_METRICS, decode_cache, decode_records, score_outputs
+from .evaluation import VAL_METRICS, decode_split, score_outputs, split_features
 from .features import (
     CaptionFeatureDataset,
     ImageCaptionDataset,
@@ -58,6 +58,7 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
+from .scene_metrics import SHAPES_METRICS
 from .search import DEFAULT_MAX_LEN
 from .sources import DataSource
 from .text import PAD_ID, Vocab, tokenize
@@ -221,13 +222,8 @@ def _validate(model: Captioner, cfg: TrainConfig, val_cache, val_records: list, 
     evaluate.py.
     """
     model.eval()
-    mine = val_records[dist.rank::dist.world]
-    if val_cache is not None:
-        outputs = decode_cache(model, val_cache, [r.image_id for r in mine], beam_size=cfg.val_beam,
-                               max_len=cfg.val_max_len)
-    else:
-        outputs = decode_records(model, mine, beam_size=cfg.val_beam, max_len=cfg.val_max_len,
-                                 num_workers=cfg.workers)
+    outputs = decode_split(model, val_records[dist.rank::dist.world], val_cache, beam_size=cfg.val_beam,
+                           max_len=cfg.val_max_len, num_workers=cfg.workers)
     objects = source.objects.get(cfg.val_split)
     if dist.enabled:  # attention maps travel only when grounding needs them
         parts = gather_objects(dist, {i: o if objects is not None else replace(o, alphas=np.empty(0), beams=[])
@@ -281,15 +277,14 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
              f"; {dist.world} processes x {local_batch} = global batch {cfg.batch_size}" if dist.enabled else "")
 
     feat_kw = dict(batch_size=16, num_workers=cfg.workers, device=device, progress=cfg.progress, dist=dist)
-    if cfg.fine_tune_encoder:
+    if cfg.fine_tune_encoder:  # images decoded in the loader's workers; the encoder trains
         train_ds = ImageCaptionDataset(train_records, vocab, model.transform(), cfg.image_size,
                                        cfg.max_caption_len, cfg.seed)
-        val_cache = None
-    else:
+    else:  # the frozen encoder's features, computed once
         train_cache = cached_features(model.encoder, train_records, cfg.cache_dir, source.name, "train", **feat_kw)
-        val_cache = cached_features(model.encoder, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
         train_ds = CaptionFeatureDataset(train_cache, train_records, vocab, cfg.max_caption_len,
                                          cfg.captions_per_image, cfg.seed)
+    val_cache = split_features(model, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
     sampler = EpochSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
 

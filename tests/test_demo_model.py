@@ -42,7 +42,8 @@ def test_demo_model_meets_the_thresholds(test_metrics):
 
 def test_demo_model_captions_a_shapes_image_sensibly(test_metrics):  # the fixture made sure the world exists
     from captioner.model import Captioner
-    from captioner.shapes import load_objects, parse_objects
+    from captioner.scene_metrics import parse_objects
+    from captioner.shapes import load_objects
     from cli import DEFAULT_SHAPES_DIR
 
     model = Captioner.from_checkpoint(DEFAULT_CHECKPOINT)

@@ -1,4 +1,5 @@
-"""Tests for captioner.shapes: the synthetic shapes world and its caption parser."""
+"""Tests for captioner.shapes: the synthetic shapes world (its captions are read back with
+captioner.scene_metrics's parser; the parser itself is tested in test_scene_metrics.py)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from captioner import shapes
+from captioner.scene_metrics import parse_objects
 from captioner.shapes import (
     COLOURS,
     NUMBER_WORDS,
@@ -18,8 +20,6 @@ from captioner.shapes import (
     generate_world,
     load_objects,
     load_world,
-    object_mentions,
-    parse_objects,
     plural,
 )
 
@@ -132,7 +132,7 @@ def test_captions_state_counts_and_relations(world):
 
 def test_stated_relations_of_the_references_are_true(world):
     """The relation parser reads the world's own captions back, and every checkable one is true."""
-    from captioner.metrics import relation_accuracy
+    from captioner.scene_metrics import relation_accuracy
 
     checked = 0
     for split in SPLITS:
@@ -178,45 +178,9 @@ def test_coco_and_karpathy_files(world):
     assert len(sentids) == len(set(sentids))
 
 
-# ------------------------------------------------------------------ parsing
+# ------------------------------------------------------------------ vocabulary
 
 def test_constants():
     assert len(COLOURS) == 6 and len(SIZES) == 2 and len(SHAPES) >= 5
     assert NUMBER_WORDS["one"] == 1 and NUMBER_WORDS["three"] == 3
     assert plural("circle") == "circles" and plural("cross") == "crosses"
-
-
-@pytest.mark.parametrize("caption, expected", [
-    ("a red circle", {("red", "circle"): 1}),
-    ("a small red circle to the left of a large blue square",
-     {("red", "circle"): 1, ("blue", "square"): 1}),
-    ("two red circles", {("red", "circle"): 2}),
-    ("two small red circles and a green star", {("red", "circle"): 2, ("green", "star"): 1}),
-    ("three shapes two small red circles and a large red circle", {("red", "circle"): 3}),
-    ("there are two objects a small purple cross and a large green cross",
-     {("purple", "cross"): 1, ("green", "cross"): 1}),
-    ("A Small Red Circle, and a blue square.", {("red", "circle"): 1, ("blue", "square"): 1}),
-    ("two shapes", {}),
-    ("a red and a circle", {}),  # the colour is in another noun phrase
-    ("red red circle circle blue", {("red", "circle"): 1}),
-    ("", {}),
-    ("<unk> <unk> the of of", {}),
-])
-def test_parse_objects(caption, expected):
-    assert parse_objects(caption) == Counter(expected)
-    assert parse_objects(caption.split()) == Counter(expected)
-
-
-def test_parse_objects_never_raises_on_junk():
-    for junk in ([None, 3, "red", b"circle"], [], ["red", "circles", "<eos>"], 42, None):
-        assert isinstance(parse_objects(junk), Counter)
-    assert parse_objects(["red", "circles", "<eos>"]) == Counter({("red", "circle"): 1})
-
-
-def test_object_mentions():
-    tokens = ["a", "small", "red", "circle", "above", "a", "blue", "square"]
-    assert object_mentions(tokens) == [(2, ("red", "circle")), (3, ("red", "circle")),
-                                       (6, ("blue", "square")), (7, ("blue", "square"))]
-    assert object_mentions(["two", "green", "stars", "and", "circles"]) == [
-        (1, ("green", "star")), (2, ("green", "star"))]
-    assert object_mentions(["a", "red", "of", "square", "<pad>"]) == []
