@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -237,11 +237,74 @@ def _validate(model: Captioner, cfg: TrainConfig, val_cache, val_records: list, 
     return broadcast_object(dist, scores)
 
 
+@dataclass
+class _Run:
+    """What the phases of a run share: made once by `_build`, then used by every epoch."""
+    cfg: TrainConfig
+    source: DataSource
+    dist: Dist
+    out: Path
+    device: torch.device
+    dtype: torch.dtype | None  # CUDA autocast dtype (None: fp32)
+    local_batch: int  # this process's share of the global batch
+    model: Captioner
+    net: nn.Module  # what the step calls: TeacherForced, DDP-wrapped under torchrun
+    train_ds: Any  # CaptionFeatureDataset (frozen encoder) or ImageCaptionDataset (fine-tuning)
+    sampler: EpochSampler
+    val_records: list
+    val_cache: Any  # the validation features (FeatureView), None when the encoder is fine-tuned
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    scaler: Any = None  # GradScaler for fp16 only
+    resume: dict | None = None  # the "train" state of the checkpoint being resumed
+    trainable: list = field(default_factory=list)
+    steps_per_epoch: int = 0
+
+
 def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dict[str, Any]:
     """Train on `source` ('train' split; validate on cfg.val_split). Returns the run summary.
 
     Under torchrun, pass the `Dist` from `distributed.setup()` and its device in cfg.device.
+    The phases, in the order their random draws must keep: build the data and the model
+    (`_build`), the optimiser and schedule (`_optimisation`), restore a killed run (`_restore`),
+    then per epoch: train (`train_one_epoch`), validate (`_validate`), checkpoint (`_checkpoint`).
     """
+    resume_path = _resume_path(cfg)
+    run = _build(cfg, source, dist, resume_path)
+    _optimisation(run)
+    start_epoch, history, best = _restore(run, resume_path)
+    writer = _Writer(run.out) if dist.main else None
+    step = start_epoch * run.steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        sums, step = train_one_epoch(run, epoch, step, writer)
+        loss_sum, ce_sum, reg_sum, n = sums
+        train_time = time.time() - t0
+        scores = _validate(run.model, cfg, run.val_cache, run.val_records, source, dist)
+        value = scores[cfg.val_metric]
+        improved = math.isfinite(value) and value > best["value"]  # NaN (e.g. no relation stated) never wins
+        if improved:
+            best = {"epoch": epoch, "value": value}
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "ce": ce_sum / max(n, 1),
+                        "reg": reg_sum / max(n, 1), "lr": run.optimizer.param_groups[0]["lr"], "val": scores,
+                        "val_images": len(run.val_records),
+                        "train_seconds": round(train_time, 2), "seconds": round(time.time() - t0, 2)})
+        _checkpoint(run, epoch, history, best, improved, writer)
+        barrier(dist)  # nobody starts the next epoch (or exits) before the checkpoint is on disk
+        if cfg.patience and epoch - best["epoch"] >= cfg.patience:
+            log.info("early stop: %s has not improved for %d epochs", cfg.val_metric, cfg.patience)
+            break
+    summary = {"run": str(run.out), "epochs_run": len(history), "best_epoch": best["epoch"] + 1,
+               f"best_val_{cfg.val_metric}": best["value"], "history": history}
+    if dist.main:
+        writer.close()
+        atomic_write_json(run.out / "summary.json", summary, indent=2)
+    return summary
+
+
+def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | None) -> _Run:
+    """Check the configuration against the data, then make the model (new, or the resumed run's),
+    the training dataset and sampler, the validation features and the module the step calls."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -250,7 +313,6 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     if cfg.batch_size % dist.world:
         raise ValueError(f"the global batch size {cfg.batch_size} must divide evenly over {dist.world} processes")
-    local_batch = cfg.batch_size // dist.world
     if cfg.val_metric in SHAPES_METRICS and cfg.val_split not in source.objects:
         raise ValueError(f"--val-metric {cfg.val_metric} needs the objects of each image (the shapes world); "
                          f"{source.name} has none: use a caption metric ({', '.join(METRIC_KEYS)})")
@@ -258,31 +320,30 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
     train_records = _limit(source.split("train"), cfg.max_train_images)
     val_records = _limit(source.split(cfg.val_split), cfg.max_val_images)
 
-    resume_path = _resume_path(cfg)
     resume = load_checkpoint(resume_path) if resume_path else None
     if resume is not None:
         if "train" not in resume:
             raise ValueError(f"{resume_path} holds no training state (an exported model?): cannot resume from it")
         model = Captioner.from_model_state(resume["model"])
-        vocab = model.vocab
     else:
         vocab = Vocab.build((tokenize(c) for r in train_records for c in r.captions), min_count=cfg.min_count)
         model = Captioner.create(cfg.encoder_config(), vocab, **cfg.decoder_kwargs())
     if cfg.fine_tune_encoder:
         model.encoder.set_trainable(cfg.fine_tune_blocks)
     model.to(device)
-    log.info("vocab %d words; decoder %.2fM parameters; grid %s x %d channels; device %s%s%s", len(vocab),
+    local_batch = cfg.batch_size // dist.world
+    log.info("vocab %d words; decoder %.2fM parameters; grid %s x %d channels; device %s%s%s", len(model.vocab),
              sum(p.numel() for p in model.decoder.parameters()) / 1e6, model.grid, model.encoder.channels,
              device, f" ({dtype})" if dtype else "",
              f"; {dist.world} processes x {local_batch} = global batch {cfg.batch_size}" if dist.enabled else "")
 
     feat_kw = dict(batch_size=16, num_workers=cfg.workers, device=device, progress=cfg.progress, dist=dist)
     if cfg.fine_tune_encoder:  # images decoded in the loader's workers; the encoder trains
-        train_ds = ImageCaptionDataset(train_records, vocab, model.transform(), cfg.image_size,
+        train_ds = ImageCaptionDataset(train_records, model.vocab, model.transform(), cfg.image_size,
                                        cfg.max_caption_len, cfg.seed)
     else:  # the frozen encoder's features, computed once
         train_cache = cached_features(model.encoder, train_records, cfg.cache_dir, source.name, "train", **feat_kw)
-        train_ds = CaptionFeatureDataset(train_cache, train_records, vocab, cfg.max_caption_len,
+        train_ds = CaptionFeatureDataset(train_cache, train_records, model.vocab, cfg.max_caption_len,
                                          cfg.captions_per_image, cfg.seed)
     val_cache = split_features(model, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
@@ -296,115 +357,122 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
     if dist.enabled:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       broadcast_buffers=cfg.fine_tune_encoder)
+    return _Run(cfg, source, dist, out, device, dtype, local_batch, model, net, train_ds, sampler, val_records,
+                val_cache, resume=resume["train"] if resume is not None else None)
 
+
+def _optimisation(run: _Run) -> None:
+    """Adam (the fine-tuned encoder blocks at their own learning rate), warm-up + cosine, GradScaler for fp16."""
+    cfg, model = run.cfg, run.model
     params = [{"params": model.decoder.parameters(), "lr": cfg.lr}]
     if cfg.fine_tune_encoder:
         params.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.encoder_lr})
-    optimizer = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = math.ceil(len(sampler) / local_batch)
-    scheduler = cosine_schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_steps, cfg.lr_min_ratio)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    run.optimizer = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
+    run.trainable = [p for p in model.parameters() if p.requires_grad]
+    run.steps_per_epoch = math.ceil(len(run.sampler) / run.local_batch)
+    run.scheduler = cosine_schedule(run.optimizer, cfg.epochs * run.steps_per_epoch, cfg.warmup_steps,
+                                    cfg.lr_min_ratio)
+    run.scaler = torch.amp.GradScaler("cuda") if run.dtype == torch.float16 else None
 
-    start_epoch, history, best = 0, [], {"epoch": -1, "value": -math.inf}
-    if resume is not None:
-        t = resume["train"]
-        try:
-            optimizer.load_state_dict(t["optimizer"])
-        except ValueError as e:  # e.g. saved before the redundant decoder biases were removed
-            raise ValueError(f"cannot resume {resume_path}: its optimiser state does not fit this model's parameters "
-                             f"(saved by an earlier release?): {e}. Its weights still load: evaluate or export it, "
-                             "or resume it with the release that wrote it") from None
-        scheduler.load_state_dict(t["scheduler"])
-        if scaler is not None and t.get("scaler"):
-            scaler.load_state_dict(t["scaler"])
-        start_epoch, history, best = t["epoch"] + 1, list(t["history"]), dict(t["best"])
-        ranks = t.get("rng_ranks") or [t["rng"]]
-        if len(ranks) == dist.world:
-            set_rng_state(ranks[dist.rank])
-        else:
-            log.warning("resuming with %d processes a run saved by %d: data order is kept, dropout draws are not",
-                        dist.world, len(ranks))
-            seed_everything(cfg.seed * 1000 + start_epoch * 100 + dist.rank)
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch + 1)
-    elif dist.enabled:
-        torch.manual_seed(cfg.seed + dist.rank)  # same initial weights (DDP broadcasts rank 0's), own dropout draws
 
-    writer = _Writer(out) if dist.main else None
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        # Its own generator: drawing the workers' base seed must not move the global RNG (dropout).
-        loader = DataLoader(train_ds, batch_size=local_batch, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=collate_captions, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        model.train()
-        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, batches: summed on the device
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not (cfg.progress and dist.main), leave=False)
-        for batch in bar:
-            if dist.enabled and cfg.fine_tune_encoder:
-                # A batch of only unreadable images is dropped; every rank must then skip the step together.
-                present = all_reduce_sum(dist, torch.tensor([0.0 if batch is None else 1.0], device=device))
-                if present.item() < dist.world:
-                    log.warning("epoch %d: a batch of unreadable images on some rank; step skipped", epoch + 1)
-                    continue
-            if batch is None:
+def _restore(run: _Run, resume_path: str | None) -> tuple[int, list, dict]:
+    """(first epoch, history, best) of a new run, or of the run saved in resume_path, whose optimiser,
+    schedule, scaler and every rank's RNG state are restored so that it continues exactly."""
+    t = run.resume
+    if t is None:
+        if run.dist.enabled:  # same initial weights (DDP broadcasts rank 0's), own dropout draws
+            torch.manual_seed(run.cfg.seed + run.dist.rank)
+        return 0, [], {"epoch": -1, "value": -math.inf}
+    try:
+        run.optimizer.load_state_dict(t["optimizer"])
+    except ValueError as e:  # e.g. saved before the redundant decoder biases were removed
+        raise ValueError(f"cannot resume {resume_path}: its optimiser state does not fit this model's parameters "
+                         f"(saved by an earlier release?): {e}. Its weights still load: evaluate or export it, "
+                         "or resume it with the release that wrote it") from None
+    run.scheduler.load_state_dict(t["scheduler"])
+    if run.scaler is not None and t.get("scaler"):
+        run.scaler.load_state_dict(t["scaler"])
+    start_epoch = t["epoch"] + 1
+    ranks = t.get("rng_ranks") or [t["rng"]]
+    if len(ranks) == run.dist.world:
+        set_rng_state(ranks[run.dist.rank])
+    else:
+        log.warning("resuming with %d processes a run saved by %d: data order is kept, dropout draws are not",
+                    run.dist.world, len(ranks))
+        seed_everything(run.cfg.seed * 1000 + start_epoch * 100 + run.dist.rank)
+    log.info("resumed from %s at epoch %d", resume_path, start_epoch + 1)
+    return start_epoch, list(t["history"]), dict(t["best"])
+
+
+def train_one_epoch(run: _Run, epoch: int, step: int, writer: _Writer | None,
+                    step_fn: Callable | None = None) -> tuple[list[float], int]:
+    """One pass over this epoch's permutation. Returns the (loss, ce, reg, batches) sums over all
+    ranks and the global step count after it.
+
+    `step_fn` is the optimisation step (default: `optimisation_step`, teacher-forced cross-entropy
+    with the regulariser): the seam where another objective over the same batches slots in.
+    """
+    cfg, dist, device = run.cfg, run.dist, run.device
+    step_fn = step_fn or optimisation_step
+    run.train_ds.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    # Its own generator: drawing the workers' base seed must not move the global RNG (dropout).
+    loader = DataLoader(run.train_ds, batch_size=run.local_batch, sampler=run.sampler, num_workers=cfg.workers,
+                        collate_fn=collate_captions, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+    run.model.train()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, batches: summed on the device
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=not (cfg.progress and dist.main), leave=False)
+    for batch in bar:
+        if dist.enabled and cfg.fine_tune_encoder:
+            # A batch of only unreadable images is dropped; every rank must then skip the step together.
+            present = all_reduce_sum(dist, torch.tensor([0.0 if batch is None else 1.0], device=device))
+            if present.item() < dist.world:
+                log.warning("epoch %d: a batch of unreadable images on some rank; step skipped", epoch + 1)
                 continue
-            inputs, tokens = (x.to(device, non_blocking=True) for x in batch)
-            loss, ce, reg = optimisation_step(net, optimizer, scaler, trainable, inputs, tokens, cfg, dist, dtype)
-            scheduler.step()
-            step += 1
-            sums += torch.stack([loss, ce, reg, torch.ones((), device=device)]).double()
-            if step % 20 == 0 and writer is not None:  # .item() waits for the GPU: not every step
-                writer.scalar("train/loss", loss.item(), step)
-                writer.scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        all_reduce_sum(dist, sums)
-        train_time = time.time() - t0
-        loss_sum, ce_sum, reg_sum, n = sums.tolist()
+        if batch is None:
+            continue
+        inputs, tokens = (x.to(device, non_blocking=True) for x in batch)
+        loss, ce, reg = step_fn(run.net, run.optimizer, run.scaler, run.trainable, inputs, tokens, cfg, dist,
+                                run.dtype)
+        run.scheduler.step()
+        step += 1
+        sums += torch.stack([loss, ce, reg, torch.ones((), device=device)]).double()
+        if step % 20 == 0 and writer is not None:  # .item() waits for the GPU: not every step
+            writer.scalar("train/loss", loss.item(), step)
+            writer.scalar("train/lr", run.optimizer.param_groups[0]["lr"], step)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    all_reduce_sum(dist, sums)
+    return sums.tolist(), step
 
-        scores = _validate(model, cfg, val_cache, val_records, source, dist)
-        value = scores[cfg.val_metric]
-        improved = math.isfinite(value) and value > best["value"]  # NaN (e.g. no relation stated) never wins
-        if improved:
-            best = {"epoch": epoch, "value": value}
-        entry = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "ce": ce_sum / max(n, 1),
-                 "reg": reg_sum / max(n, 1), "lr": optimizer.param_groups[0]["lr"], "val": scores,
-                 "val_images": len(val_records),
-                 "train_seconds": round(train_time, 2), "seconds": round(time.time() - t0, 2)}
-        history.append(entry)
-        rngs = gather_objects(dist, rng_state())
-        if dist.main:
-            for k, v in scores.items():
-                writer.scalar(f"val/{k}", v, epoch + 1)
-            writer.scalar("train/epoch_loss", entry["loss"], epoch + 1)
-            payload = {"model": model.model_state(),
-                       "train": {"epoch": epoch, "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(),
-                                 "scaler": scaler.state_dict() if scaler is not None else None,
-                                 "rng": rngs[0], "rng_ranks": rngs, "history": history, "best": best,
-                                 "config": asdict(cfg), "world": dist.world},
-                       "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": source.name}}
-            if improved:
-                save_checkpoint(payload, out / "best.pt")
-            save_checkpoint(payload, out / "last.pt")
-            atomic_write_json(out / "history.json", history, indent=2)
-            log.info("epoch %d/%d  loss %.4f (ce %.4f reg %.4f)  val BLEU-4 %.4f CIDEr %.4f%s  lr %.2e  %.0fs",
-                     epoch + 1, cfg.epochs, entry["loss"], entry["ce"], entry["reg"], scores["BLEU-4"],
-                     scores["CIDEr"], "  *best*" if improved else "", entry["lr"], entry["seconds"])
-        barrier(dist)  # nobody starts the next epoch (or exits) before the checkpoint is on disk
-        if cfg.patience and epoch - best["epoch"] >= cfg.patience:
-            log.info("early stop: %s has not improved for %d epochs", cfg.val_metric, cfg.patience)
-            break
-    summary = {"run": str(out), "epochs_run": len(history), "best_epoch": best["epoch"] + 1,
-               f"best_val_{cfg.val_metric}": best["value"], "history": history}
-    if dist.main:
-        writer.close()
-        atomic_write_json(out / "summary.json", summary, indent=2)
-    return summary
+
+def _checkpoint(run: _Run, epoch: int, history: list, best: dict, improved: bool, writer: _Writer | None) -> None:
+    """Rank 0 writes last.pt (and best.pt when improved), history.json, TensorBoard scalars and the
+    epoch's line; every rank gives its RNG state, so a resumed run continues each rank's draws."""
+    cfg, dist = run.cfg, run.dist
+    rngs = gather_objects(dist, rng_state())
+    if not dist.main:
+        return
+    entry = history[-1]
+    scores = entry["val"]
+    for k, v in scores.items():
+        writer.scalar(f"val/{k}", v, epoch + 1)
+    writer.scalar("train/epoch_loss", entry["loss"], epoch + 1)
+    payload = {"model": run.model.model_state(),
+               "train": {"epoch": epoch, "optimizer": run.optimizer.state_dict(),
+                         "scheduler": run.scheduler.state_dict(),
+                         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+                         "rng": rngs[0], "rng_ranks": rngs, "history": history, "best": best,
+                         "config": asdict(cfg), "world": dist.world},
+               "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": run.source.name}}
+    if improved:
+        save_checkpoint(payload, run.out / "best.pt")
+    save_checkpoint(payload, run.out / "last.pt")
+    atomic_write_json(run.out / "history.json", history, indent=2)
+    log.info("epoch %d/%d  loss %.4f (ce %.4f reg %.4f)  val BLEU-4 %.4f CIDEr %.4f%s  lr %.2e  %.0fs",
+             epoch + 1, cfg.epochs, entry["loss"], entry["ce"], entry["reg"], scores["BLEU-4"],
+             scores["CIDEr"], "  *best*" if improved else "", entry["lr"], entry["seconds"])
 
 
 def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, trainable: list, inputs: torch.Tensor,
