@@ -33,6 +33,54 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--no-restval", action="store_true", help="keep Karpathy's restval split out of train")
 
 
+def parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, not {s!r}")
+
+
+def _int_tuple(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,3, not {s!r}") from None
+
+
+def add_options(group, cls, names: list[str] | None = None, *, defaults: bool = True) -> list[str]:
+    """One flag per field of the dataclass `cls` (made with captioner.options.option): --field-name,
+    its type from the annotation, its help from the field. defaults=False leaves every default None
+    (so that a preset or a YAML file can fill what the command line did not say). Returns the names."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if names is None or f.name in names]
+    for f in fields:
+        meta = dict(f.metadata)
+        help_ = meta.pop("help")
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        default = f.default if defaults else None
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if args and typing.get_origin(kind) is not tuple:  # X | None
+            kind = args[0]
+        if kind is bool and flag.startswith("--no-"):  # a switch that turns a default-on feature off
+            group.add_argument(flag, dest=f.name, action="store_false", default=default, help=help_)
+            continue
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        kw: dict = {"default": default, "help": help_ if f.default is None else f"{help_} (default {shown})", **meta}
+        if kind is bool:
+            kw.update(type=parse_bool, nargs="?", const=True)
+        elif typing.get_origin(kind) is tuple:
+            kw["type"] = _int_tuple
+        elif kind in (int, float):
+            kw["type"] = kind
+        group.add_argument(flag, **kw)
+    return [f.name for f in fields]
+
+
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     out = {}
     for v in values or []:

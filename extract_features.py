@@ -17,8 +17,8 @@ import json
 import logging
 from dataclasses import asdict
 
-from captioner.encoder import EncoderConfig
-from cli import add_data_args, data_source_rank0_first, setup_logging
+from captioner.training import ENCODER_OPTIONS, TrainConfig
+from cli import add_data_args, add_options, data_source_rank0_first, setup_logging
 
 log = logging.getLogger("extract_features")
 
@@ -28,13 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_args(p)
     p.add_argument("--splits", default="train,val", help="comma-separated splits to cache (default: train,val)")
     p.add_argument("--cache-dir", default="cache", help="cache root, shared with train.py --cache-dir")
-    e = p.add_argument_group("encoder (must match training's)")
-    d = EncoderConfig()
-    e.add_argument("--backbone", default=d.backbone, help="timm model name")
-    e.add_argument("--encoder-weights", default=d.weights, help="'package', a state_dict path, or 'none'")
-    e.add_argument("--image-size", type=int, default=d.image_size)
-    e.add_argument("--stages", default=",".join(map(str, d.stages)), help="feature stages, e.g. 2,3")
-    e.add_argument("--grid-size", type=int, default=d.grid_size)
+    e = p.add_argument_group("encoder (train.py's own options: give the values training will use)")
+    add_options(e, TrainConfig, list(ENCODER_OPTIONS))
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each process its own GPU)")
     r.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
@@ -55,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     dist, device = distributed.setup(args.device)
     setup_logging(logging.INFO if dist.main else logging.WARNING)
-    cfg = EncoderConfig(backbone=args.backbone, image_size=args.image_size,
-                        stages=tuple(int(s) for s in args.stages.split(",")), grid_size=args.grid_size,
-                        weights=args.encoder_weights)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in ENCODER_OPTIONS}).encoder_config()  # as train.py makes it
     device = resolve_device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

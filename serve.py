@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,9 +33,10 @@ from PIL import Image
 
 from captioner.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from captioner.model import Captioner, CaptionOutput
+from captioner.options import option
 from captioner.overlay import attention_figure, overlay, scaled
 from captioner.search import DEFAULT_MAX_LEN
-from cli import DEFAULT_CHECKPOINT, ROOT, setup_logging
+from cli import DEFAULT_CHECKPOINT, ROOT, add_options, setup_logging
 
 log = logging.getLogger("serve")
 
@@ -55,16 +56,22 @@ photos, train on COCO (see the README) and load that checkpoint:
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask of the server. Every field is a command-line option."""
-    max_upload_mb: float = 10.0  # Gradio refuses bigger uploads before storing them
-    max_pixels: int = DEFAULT_MAX_PIXELS  # checked from the header, before decoding: stops decompression bombs
-    min_side: int = 16  # smaller images hold nothing to caption
-    max_aspect: float = 10.0  # longer strips are squashed past recognition by the square resize
-    max_beam: int = 10
-    max_len: int = 50  # tokens per caption, <end> included
+    # Gradio refuses bigger uploads before storing them
+    max_upload_mb: float = option(10.0, "largest upload, in MB")
+    # checked from the header, before decoding: stops decompression bombs
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "largest image, in pixels, checked before decoding")
+    min_side: int = option(16, "smallest image side, in pixels")  # smaller images hold nothing to caption
+    # longer strips are squashed past recognition by the square resize
+    max_aspect: float = option(10.0, "most elongated image, long side / short side")
+    max_beam: int = option(10, "widest beam a request may ask for")
+    max_len: int = option(50, "longest caption a request may ask for, in tokens (<end> included)")
 
     @property
     def max_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+LIMITS = tuple(f.name for f in fields(Limits))  # every one is a command-line option
 
 
 @dataclass
@@ -342,16 +349,6 @@ def launch(demo: gr.Blocks, args: argparse.Namespace, *, block: bool = True):
 
 # --- the CLI -----------------------------------------------------------------------------------
 
-LIMIT_HELP = {  # option -> help; defaults from Limits
-    "max_upload_mb": "largest upload, in MB (default %(default)s)",
-    "max_pixels": "largest image, in pixels, checked before decoding (default %(default)s)",
-    "min_side": "smallest image side, in pixels (default %(default)s)",
-    "max_aspect": "most elongated image, long side / short side (default %(default)s)",
-    "max_beam": "widest beam a request may ask for (default %(default)s)",
-    "max_len": "longest caption a request may ask for, in tokens (default %(default)s)",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model (default: the bundled demo model)")
@@ -359,9 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     lim = p.add_argument_group("limits")
-    for name, text in LIMIT_HELP.items():
-        default = getattr(Limits(), name)
-        lim.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)
+    add_options(lim, Limits)
     lim.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are refused "
                      "(default %(default)s)")
     lim.add_argument("--concurrency", type=int, default=2, help="requests captioned at once (default %(default)s: on "
@@ -372,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in [*LIMIT_HELP, "queue_size", "concurrency"]:
+    for name in [*LIMITS, "queue_size", "concurrency"]:
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.max_aspect < 1:
@@ -383,7 +378,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def limits_from(args: argparse.Namespace) -> Limits:
-    return Limits(**{name: getattr(args, name) for name in LIMIT_HELP})
+    return Limits(**{name: getattr(args, name) for name in LIMITS})
 
 
 def is_demo_model(checkpoint: str) -> bool:

@@ -50,6 +50,7 @@ from .features import (
 )
 from .metrics import METRIC_KEYS
 from .model import Captioner
+from .options import option
 from .runtime import (
     amp_dtype,
     autocast,
@@ -66,62 +67,83 @@ from .text import PAD_ID, Vocab, tokenize
 log = logging.getLogger(__name__)
 
 
+ENCODER_OPTIONS = ("backbone", "encoder_weights", "image_size", "stages", "grid_size")  # what encoder_config() reads
+DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm")
+
+
 @dataclass
 class TrainConfig:
-    out: str = "runs/shapes"  # run directory: config.yaml, last.pt, best.pt, history.json, TensorBoard events
-    cache_dir: str = "cache"  # feature caches, shared by runs
-    # model
-    backbone: str = "tf_efficientnet_lite0"  # timm name; the package weights fit it (as trained) or efficientnet_lite0
-    encoder_weights: str = "package"  # "package" (offline ImageNet weights), a state_dict path, or "none"
-    image_size: int = 224
-    stages: tuple[int, ...] = (2, 3)  # encoder stages concatenated into the grid (the last sets its size)
-    grid_size: int | None = None  # pool the grid to grid_size x grid_size (None: native 14x14)
-    embed_dim: int = 256
-    attention_dim: int = 256
-    hidden_dim: int = 512
-    dropout: float = 0.5
-    gate: str = "scalar"  # "scalar" (paper), "channel", "none"
-    pos_embed: bool = True
-    feature_norm: bool = True  # LayerNorm over each annotation vector's channels (not in the paper)
-    att_lambda: float = 1.0  # weight of the doubly stochastic regulariser
-    att_reduction: str = "mean"  # over the N locations: "mean" (the sum / N) or "sum" (as the paper writes it)
-    objective: str = "token"  # "token": cross-entropy per token (+ the regulariser as above); "paper": Xu et al.'s
-    #                           per-caption summed cross-entropy + lambda * the summed regulariser (see README)
+    """Everything a training run is made of; train.py's flags are built from these fields (name, type, help)."""
+    out: str = option("runs/shapes", "run directory (config.yaml, last.pt, best.pt, history.json, TensorBoard events)")
+    cache_dir: str = option("cache", "where feature caches live (per dataset, split and encoder config; "
+                                     "shared by runs, never deleted)")
+    # model: the encoder (its defaults are EncoderConfig's: a test checks they agree) ...
+    backbone: str = option("tf_efficientnet_lite0", "timm model name of the encoder (the package weights fit "
+                                                    "tf_efficientnet_lite0, as trained, or efficientnet_lite0)")
+    encoder_weights: str = option("package", "'package' (offline ImageNet EfficientNet-Lite0 weights), a state_dict "
+                                             "path, or 'none'")
+    image_size: int = option(224, "images are resized (no crop) to this many pixels square")
+    stages: tuple[int, ...] = option((2, 3), "encoder feature stages concatenated into the grid, e.g. 2,3 "
+                                             "(the last sets the grid's size)")
+    grid_size: int | None = option(None, "pool the feature grid to this size (default: native, 14 at 224 px)")
+    # ... and the decoder (defaults: DecoderConfig's)
+    embed_dim: int = option(256, "word embedding size m (also the deep-output size)")
+    attention_dim: int = option(256, "hidden size of the attention MLP")
+    hidden_dim: int = option(512, "LSTM size n")
+    dropout: float = option(0.5, "dropout on h_t and on the deep output's sum")
+    gate: str = option("scalar", "attention gate beta: scalar (paper), channel, none")
+    pos_embed: bool = option(True, "add a learned row+column position embedding to the features (true/false)")
+    feature_norm: bool = option(True, "LayerNorm each annotation vector before attention (true/false)")
+    att_lambda: float = option(1.0, "weight lambda of the doubly stochastic attention regulariser")
+    att_reduction: str = option("mean", "regulariser over the N locations: mean (the sum / N) or sum (as the paper "
+                                        "writes it); used by --objective token")
+    objective: str = option("token", "token: cross-entropy averaged per token + lambda x the regulariser "
+                                     "(--att-reduction); paper: Xu et al.'s objective, each caption's cross-entropy "
+                                     "summed over its words + lambda x sum_i (1 - sum_t alpha_ti)^2, both averaged "
+                                     "over captions (see the README's table)")
     # vocabulary and captions
-    min_count: int = 5
-    max_caption_len: int = 30  # training captions are cut to this many words
-    captions_per_image: str = "one"  # per epoch: "one" random reference per image, or "all"
+    min_count: int = option(5, "words seen fewer times in training captions become <unk>")
+    max_caption_len: int = option(30, "training captions are cut to this many words")
+    captions_per_image: str = option("one", "per epoch: one random reference per image ('one') or every reference "
+                                            "('all')")
     # optimisation
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_min_ratio: float = 0.05  # cosine decays the learning rate to lr * lr_min_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0  # clip the gradient norm to this; 0 or less: no clipping
-    fine_tune_encoder: bool = False
-    fine_tune_blocks: int = 2  # top encoder blocks trained when fine-tuning
-    encoder_lr: float = 1e-4
+    epochs: int = option(20, "epochs to train")
+    batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")
+    lr: float = option(1e-3, "Adam's learning rate for the decoder")
+    lr_min_ratio: float = option(0.05, "cosine decays the learning rate to lr x this")
+    warmup_steps: int = option(100, "steps of linear learning-rate warm-up")
+    weight_decay: float = option(0.0, "Adam's weight decay")
+    grad_clip: float = option(5.0, "clip the global gradient norm to this value; 0 (or less): no clipping")
+    fine_tune_encoder: bool = option(False, "train the top encoder blocks end to end (no feature cache)")
+    fine_tune_blocks: int = option(2, "top encoder blocks trained when fine-tuning")
+    encoder_lr: float = option(1e-4, "learning rate of the fine-tuned encoder blocks")
     # validation / early stopping
-    val_split: str = "val"
-    val_metric: str = "CIDEr"  # picks best.pt and early stopping: any metric evaluate.py reports (higher is better)
-    val_beam: int = 3
-    val_max_len: int = DEFAULT_MAX_LEN  # most tokens decoded per caption, <end> included
-    patience: int = 5  # epochs without improvement before stopping (0: never stop early)
+    val_split: str = option("val", "the split validation decodes")
+    val_metric: str = option("CIDEr", "validation metric for best.pt and early stopping, from beam-search decoding: "
+                                      "BLEU-1..4, METEOR, ROUGE-L, CIDEr, nltk_BLEU-1..4, or on the shapes world "
+                                      "scene_accuracy, grounding, relation_accuracy, relation_rate")
+    val_beam: int = option(3, "beam width of validation decoding")
+    val_max_len: int = option(DEFAULT_MAX_LEN, "most tokens decoded per validation caption, <end> included")
+    patience: int = option(5, "stop after this many epochs without improvement (0: never)")
     # GPU path (each is a no-op on CPU)
-    compile: bool = False  # torch.compile the encoder and the decoder's one-word step (never the decode loop)
-    cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution kernels for the fixed input size
+    compile: bool = option(False, "torch.compile the encoder (when fine-tuning) and the decoder's one-word step; "
+                                  "never the decode loop")
+    cudnn_benchmark: bool = option(True, "let cuDNN time and pick convolution kernels for the fixed input size "
+                                         "(CUDA only)")
     # smoke-size switches
-    max_train_images: int | None = None
-    max_val_images: int | None = 5000  # validate on the first N images of the val split (COCO's val2014 has
-    #                                    40,504; Karpathy's val 5,000); 0 or None: all of them
+    max_train_images: int | None = option(None, "smoke-size switch: use only the first N training images")
+    max_val_images: int | None = option(5000, "validate on the first N images of the val split (default 5000: a "
+                                              "fixed subset of COCO's 40,504 val2014 images; Karpathy's val has "
+                                              "5,000); 0: all")
     # runtime
-    device: str = "auto"
-    precision: str = "auto"  # CUDA autocast dtype: auto (bf16 if supported), bf16, fp16, fp32
-    workers: int = 0
-    seed: int = 0
-    resume: str | None = None  # a last.pt to continue from, or "auto": OUT/last.pt if it exists (torchrun restarts)
-    progress: bool = True
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = option("auto", "CUDA autocast dtype: auto (bf16 where supported), bf16, fp16, fp32 "
+                                    "(CPU is always fp32)")
+    workers: int = option(0, "DataLoader worker processes")
+    seed: int = option(0, "seed of every random draw (initial weights, data order, dropout)")
+    resume: str | None = option(None, "continue the run saved in this last.pt (same config); 'auto': OUT/last.pt "
+                                      "if it exists, else start afresh (what torchrun's --max-restarts needs)")
+    progress: bool = option(True, "tqdm progress bars", flag="--no-progress")
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(s) for s in self.stages)
@@ -139,9 +161,7 @@ class TrainConfig:
                              grid_size=self.grid_size, weights=self.encoder_weights)
 
     def decoder_kwargs(self) -> dict[str, Any]:
-        return dict(embed_dim=self.embed_dim, attention_dim=self.attention_dim, hidden_dim=self.hidden_dim,
-                    dropout=self.dropout, gate=self.gate, pos_embed=self.pos_embed,
-                    feature_norm=self.feature_norm)
+        return {k: getattr(self, k) for k in DECODER_OPTIONS}
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int, min_ratio: float):

@@ -215,3 +215,19 @@ def test_unreadable_evaluation_images_count_as_empty_captions(trained, world, tm
     # Or the user asks for the run to be refused, naming the file.
     with pytest.raises(SystemExit, match=Path(bad.path).name):
         evaluate.main(args + ["--unreadable", "error"])
+
+
+def test_train_config_model_defaults_are_the_model_configs_defaults():
+    """TrainConfig states the model options again (they are train.py's flags): their defaults must be the models'."""
+    import dataclasses
+
+    from captioner.decoder import DecoderConfig
+    from captioner.encoder import EncoderConfig
+    from captioner.training import DECODER_OPTIONS, TrainConfig
+
+    cfg = TrainConfig()
+    assert cfg.encoder_config() == EncoderConfig()
+    dec = {f.name: f.default for f in dataclasses.fields(DecoderConfig)}
+    assert {k: getattr(cfg, k) for k in DECODER_OPTIONS} == {k: dec[k] for k in DECODER_OPTIONS}
+    # every option has its help, next to its default (train.py's flags are built from these fields)
+    assert all(f.metadata.get("help") for f in dataclasses.fields(TrainConfig))
