@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = ["ImageRecord", "DatasetError", "read_coco_captions", "read_karpathy", "split_summary"]
 
@@ -195,7 +195,7 @@ def read_coco_captions(
 
     unknown = [a["image_id"] for a in annotations if a["image_id"] not in coco.imgs]
     if unknown:
-        logger.warning(
+        log.warning(
             "%s: %d captions refer to image ids not listed in 'images' (e.g. %s); ignored",
             file, len(unknown), unknown[:_MAX_LISTED],
         )
@@ -219,9 +219,9 @@ def read_coco_captions(
         path = os.path.abspath(os.path.join(image_dir_s, coco.imgs[image_id]["file_name"]))
         records.append(ImageRecord(image_id=image_id, path=path, split=split, captions=tuple(caps)))
     if empty_captions:
-        logger.warning("%s: %d empty captions ignored", file, empty_captions)
+        log.warning("%s: %d empty captions ignored", file, empty_captions)
     if no_caption:
-        logger.warning(
+        log.warning(
             "%s: %d images have no caption and are skipped (e.g. ids %s)",
             file, len(no_caption), no_caption[:_MAX_LISTED],
         )
@@ -230,7 +230,7 @@ def read_coco_captions(
             records, file, image_dir_s, "image_dir",
             "it should be the folder that directly holds the files named in 'file_name', e.g. val2014/",
         )
-    logger.info("%s: %d images, %d captions (split %s)", file, len(records), sum(len(r.captions) for r in records),
+    log.info("%s: %d images, %d captions (split %s)", file, len(records), sum(len(r.captions) for r in records),
                 split)
     return records
 
@@ -312,7 +312,7 @@ def read_karpathy(
             if raw:
                 captions.append(raw)
         if not captions:
-            logger.warning("%s: %s has no captions; skipped", file, label)
+            log.warning("%s: %s has no captions; skipped", file, label)
             continue
         if merge_restval and split == "restval":
             split = "train"
@@ -347,7 +347,7 @@ def read_karpathy(
             "it should be the folder that entries' filepath/filename are relative to, e.g. the folder "
             "holding train2014/ and val2014/ for COCO, or the folder of the images themselves for Flickr",
         )
-    logger.info("%s: %s", file, split_summary(result))
+    log.info("%s: %s", file, split_summary(result))
     return result
 
 

@@ -414,7 +414,7 @@ def cached_features(encoder: Encoder, records: Sequence[ImageRecord], cache_root
     return FeatureView(parts, records)
 
 
-def _pick(seed: int, epoch: int, index: int, n: int) -> int:
+def _reference_index(seed: int, epoch: int, index: int, n: int) -> int:
     """Which of n reference captions item `index` uses this epoch: random, but a function of
     (seed, epoch, index) alone, so any worker and any resumed run draws the same one."""
     return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index).randrange(n)
@@ -450,7 +450,7 @@ class CaptionFeatureDataset(Dataset):
     def __getitem__(self, i: int):
         if self.per_image == "one":
             k = i
-            j = _pick(self.seed, self.epoch, i, len(self.captions[k]))
+            j = _reference_index(self.seed, self.epoch, i, len(self.captions[k]))
         else:
             k, j = self.pairs[i]
         feats = torch.from_numpy(np.array(self.cache.features(self.image_ids[k])))  # (N, C) fp16
@@ -479,7 +479,7 @@ class ImageCaptionDataset(Dataset):
         if error:
             log.warning("skipping unreadable image: %s", error)
             return None
-        j = _pick(self.seed, self.epoch, i, len(self.captions[i]))
+        j = _reference_index(self.seed, self.epoch, i, len(self.captions[i]))
         return image, torch.tensor(self.captions[i][j], dtype=torch.long)
 
 

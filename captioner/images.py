@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ImageLoadError",
@@ -265,7 +265,7 @@ def load_image(
             # a sideways image hurts, so apply the tag.
             upright = ImageOps.exif_transpose(img)
         except Exception as e:  # broken EXIF should not cost us a valid image
-            logger.warning("%s: ignoring unreadable EXIF orientation (%s)", label, e)
+            log.warning("%s: ignoring unreadable EXIF orientation (%s)", label, e)
             upright = img
         try:
             rgb = to_rgb(upright)

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -48,7 +48,7 @@ def _java_runs(java_path: str) -> bool:
     try:
         proc = subprocess.run([java_path, "-version"], capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
-        logger.warning("java at %s does not run: %s", java_path, exc)
+        log.warning("java at %s does not run: %s", java_path, exc)
         return False
     return proc.returncode == 0
 
@@ -142,7 +142,7 @@ def _meteor_score(gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> float
             if _meteor_scorer is None or _meteor_scorer.meteor_p.poll() is not None:
                 from pycocoevalcap.meteor.meteor import Meteor
 
-                logger.info("starting METEOR (Java)")
+                log.info("starting METEOR (Java)")
                 _meteor_scorer = Meteor()
                 if not _meteor_atexit_registered:
                     atexit.register(close_meteor)
@@ -227,7 +227,7 @@ def coco_caption_scores(
             skipped["METEOR"] = "java not found"
     compute = [m for m in wanted if m not in skipped]
     if not have_java:
-        logger.warning("java not found: pure-Python PTB-like tokenisation, METEOR skipped")
+        log.warning("java not found: pure-Python PTB-like tokenisation, METEOR skipped")
 
     ids = list(references)
     corpus: dict[Any, list[str]] = {("res", i): [predictions[i]] for i in ids}
@@ -254,7 +254,7 @@ def coco_caption_scores(
         # crash CIDEr, hence the check above.
         n_empty = sum(1 for i in ids if not res[i][0])
         if n_empty:
-            logger.info("%d of %d predictions are empty after tokenisation", n_empty, len(ids))
+            log.info("%d of %d predictions are empty after tokenisation", n_empty, len(ids))
 
         if any(m.startswith("BLEU-") for m in compute):
             from pycocoevalcap.bleu.bleu import Bleu
@@ -274,7 +274,7 @@ def coco_caption_scores(
 
             scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     if captured.getvalue().strip():
-        logger.debug("scorer output: %s", captured.getvalue().strip())
+        log.debug("scorer output: %s", captured.getvalue().strip())
 
     info: dict[str, Any] = {
         "scorer": f"pycocoevalcap {_pycocoevalcap_version()}",
@@ -286,8 +286,8 @@ def coco_caption_scores(
     }
     if dropped:
         info["empty_references_dropped"] = dropped
-        logger.warning("%d references were empty after tokenisation and were dropped", dropped)
-    logger.info("caption scores (%d images): %s", len(ids), scores)
+        log.warning("%d references were empty after tokenisation and were dropped", dropped)
+    log.info("caption scores (%d images): %s", len(ids), scores)
     return scores, info
 
 

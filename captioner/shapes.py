@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from .atomic import atomic_write_json
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 VERSION = 1
 IMAGE_SIZE = 224
@@ -249,8 +249,8 @@ _PRONOUN = {"to the left of": "to its left", "to the right of": "to its right",
             "above": "above it", "below": "below it"}
 
 
-def _np(obj: dict, size: bool = True, det: str = "a") -> str:
-    """"a small red circle"; det="" leaves the article out."""
+def _named(obj: dict, size: bool = True, det: str = "a") -> str:
+    """The object's noun phrase, "a small red circle"; det="" leaves the article out."""
     words = [det] + ([obj["size"]] if size else []) + [obj["colour"], obj["shape"]]
     return " ".join(w for w in words if w)
 
@@ -268,7 +268,7 @@ def _groups(objs: list[dict], size: bool = True) -> str:
     for (colour, shape), members in groups.items():
         same_size = len({m["size"] for m in members}) == 1
         if len(members) == 1 or (size and not same_size):
-            items += [_np(m, size) for m in members]
+            items += [_named(m, size) for m in members]
         else:
             words = [_COUNT_WORD[len(members)], members[0]["size"] if size else "", colour, plural(shape)]
             items.append(" ".join(w for w in words if w))
@@ -295,25 +295,26 @@ def _positional(objs: list[dict]) -> str | None:
         return None
     ends = ("on the left", "on the right") if axis == 0 else ("at the top", "at the bottom")
     words = [ends[0]] + ["in the middle"] * (len(objs) - 2) + [ends[1]]
-    parts = [f"{_np(o)} {w}" for o, w in zip(order, words)]
+    parts = [f"{_named(o)} {w}" for o, w in zip(order, words)]
     return " ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _relation_captions(o: list[dict]) -> list[str | None]:
     a, b = o[0], o[1]
     if len(o) == 2:
-        return [f"{_np(a)} {relation(a, b)} {_np(b)}",
-                f"{_np(a)} is {relation(a, b)} {_np(b)}",
-                f"{_np(b)} with {_np(a)} {_PRONOUN[relation(a, b)]}",
+        return [f"{_named(a)} {relation(a, b)} {_named(b)}",
+                f"{_named(a)} is {relation(a, b)} {_named(b)}",
+                f"{_named(b)} with {_named(a)} {_PRONOUN[relation(a, b)]}",
                 _positional(o)]
     c = o[2]
-    return [f"{_np(a)} {relation(a, b)} {_np(b)} and {_np(c)} {relation(c, b)} it",
-            f"{_np(b)} is {relation(b, a)} {_np(a)} and {relation(b, c)} {_np(c)}",
-            f"{_np(b)} with {_np(a)} {_PRONOUN[relation(a, b)]} and {_np(c)} {_PRONOUN[relation(c, b)]}",
+    return [f"{_named(a)} {relation(a, b)} {_named(b)} and {_named(c)} {relation(c, b)} it",
+            f"{_named(b)} is {relation(b, a)} {_named(a)} and {relation(b, c)} {_named(c)}",
+            f"{_named(b)} with {_named(a)} {_PRONOUN[relation(a, b)]} and {_named(c)} {_PRONOUN[relation(c, b)]}",
             _positional(o)]
 
 
-def _pick(rng: np.random.Generator, items: list[str], k: int) -> list[str]:
+def _choose(rng: np.random.Generator, items: list[str], k: int) -> list[str]:
+    """k of the items, at random, without repeats."""
     return [items[i] for i in rng.permutation(len(items))[:k]]
 
 
@@ -324,12 +325,12 @@ def make_captions(rng: np.random.Generator, objects: list[dict], background: str
     bg = _BACKGROUNDS[background]
     if len(objects) == 1:
         o = objects[0]
-        counted = [f"one {_np(o, det='')}", f"a single {_np(o, det='')} {_position(o)}",
-                   f"the image shows one {_np(o, det='')}"]
-        other = [_np(o), f"{_np(o)} on a {bg} background", f"there is {_np(o)} {_position(o)}",
-                 f"an image of {_np(o, size=False)}"]
+        counted = [f"one {_named(o, det='')}", f"a single {_named(o, det='')} {_position(o)}",
+                   f"the image shows one {_named(o, det='')}"]
+        other = [_named(o), f"{_named(o)} on a {bg} background", f"there is {_named(o)} {_position(o)}",
+                 f"an image of {_named(o, size=False)}"]
         n_counted = int(rng.integers(1, 3))
-        chosen = _pick(rng, counted, n_counted) + _pick(rng, other, CAPTIONS_PER_IMAGE - n_counted)
+        chosen = _choose(rng, counted, n_counted) + _choose(rng, other, CAPTIONS_PER_IMAGE - n_counted)
     else:
         count = _COUNT_WORD[len(objects)]
         relations = [c for c in _relation_captions(shuffled()) if c]
@@ -339,8 +340,8 @@ def make_captions(rng: np.random.Generator, objects: list[dict], background: str
         plain = [_groups(shuffled()), f"{_groups(shuffled())} on a {bg} background"]
         # 2-3 relation captions, 1-2 stating the count, plain lists fill the rest
         n_rel, n_counted = int(rng.integers(2, 4)), int(rng.integers(1, 3))
-        chosen = (_pick(rng, relations, n_rel) + _pick(rng, counted, n_counted)
-                  + _pick(rng, plain, CAPTIONS_PER_IMAGE - n_rel - n_counted))
+        chosen = (_choose(rng, relations, n_rel) + _choose(rng, counted, n_counted)
+                  + _choose(rng, plain, CAPTIONS_PER_IMAGE - n_rel - n_counted))
     return [" ".join(chosen[i].split()) for i in rng.permutation(len(chosen))]
 
 
@@ -429,11 +430,11 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str
             image_id += 1
     workers = max(1, workers or os.cpu_count() or 1)
     start, records = time.monotonic(), []
-    logger.info("generating %d shapes images into %s with %d worker(s)", len(tasks), out, workers)
+    log.info("generating %d shapes images into %s with %d worker(s)", len(tasks), out, workers)
     for rec in _render_all(tasks, workers):
         records.append(rec)
         if len(records) % max(1, len(tasks) // 10) == 0:
-            logger.info("%d/%d images (%.0fs)", len(records), len(tasks), time.monotonic() - start)
+            log.info("%d/%d images (%.0fs)", len(records), len(tasks), time.monotonic() - start)
     _write_annotations(out, records, seed)
     _write_json(out / "world.json", {
         "version": VERSION, "seed": seed, "sizes": sizes, "image_size": IMAGE_SIZE,

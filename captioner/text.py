@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 if TYPE_CHECKING:  # only for the annotation; text handling does not need torch
     import torch
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PAD",
@@ -211,7 +211,7 @@ class Vocab:
         for special in SPECIALS:
             counts.pop(special, None)
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-        logger.info(
+        log.info(
             "vocabulary: %d of %d distinct words kept (min_count=%d)", len(kept), len(counts), min_count
         )
         return cls(list(SPECIALS) + kept)

@@ -198,12 +198,12 @@ def _limit(records: list, n: int | None) -> list:
 
 
 class EpochSampler(DistributedSampler):
-    """DistributedSampler drawing each epoch's permutation as train.py always has.
+    """DistributedSampler whose permutation of (seed, epoch) does not depend on the number of processes.
 
-    The permutation of (seed, epoch) comes from a generator seeded seed * 1000 + epoch after one
-    64-bit draw (the one DataLoader's worker seed took when shuffling was the DataLoader's job),
-    so one-process runs, and the bundled demo model, reproduce bit for bit. Padding and the
-    rank's share (every world-th index) are DistributedSampler's own.
+    The permutation comes from a generator seeded seed * 1000 + epoch, after one discarded 64-bit
+    draw (kept so that one-process runs reproduce the runs, and the bundled demo model, of the
+    releases where the DataLoader shuffled). Padding and the rank's share (every world-th index)
+    are DistributedSampler's own.
     """
 
     def __iter__(self):
