@@ -64,8 +64,12 @@ class ImageFileDataset(Dataset):
             return i, torch.zeros(3, self.image_size, self.image_size), str(e)
 
 
+CACHE_FORMAT = 2  # index.json's "format": 2 maps each image id to its row ("rows"); 1 (no "format") had one
+#                  row per id, in order, and is still read
+
+
 class FeatureCache:
-    """A finished cache folder: feats.npy (M, N, C) fp16 + index.json (image ids, failures).
+    """A finished cache folder: feats.npy (M, N, C) fp16 + index.json (image ids, their rows, failures).
 
     A finished folder is never rewritten or deleted: later runs only read it (see FeatureView).
     """
@@ -74,8 +78,12 @@ class FeatureCache:
         self.folder = Path(folder)
         with open(self.folder / "index.json") as f:
             self.index = json.load(f)
+        fmt = self.index.get("format", 2 if "rows" in self.index else 1)
+        if fmt > CACHE_FORMAT:
+            raise ValueError(f"{self.folder}: feature cache format {fmt} is newer than this release reads "
+                             f"({CACHE_FORMAT}); update captioner or use another --cache-dir")
         self.image_ids: list[int] = self.index["image_ids"]
-        rows = self.index.get("rows", range(len(self.image_ids)))  # caches written before "rows" existed
+        rows = self.index["rows"] if fmt >= 2 else range(len(self.image_ids))
         self.row_of = dict(zip(self.image_ids, rows))
         self._arr: np.ndarray | None = None
 
@@ -332,7 +340,7 @@ def _finish(work: Path, folder: Path, records: Sequence[ImageRecord], prog: _Pro
     bad = {f["image_id"] for f in failed}
     ok = [(row, r.image_id) for row, r in enumerate(records) if r.image_id not in bad]
     # Unreadable images keep their (empty) rows; index.json maps each good image id to its row.
-    index = {"image_ids": [i for _, i in ok], "rows": [row for row, _ in ok], "failed": failed,
+    index = {"format": CACHE_FORMAT, "image_ids": [i for _, i in ok], "rows": [row for row, _ in ok], "failed": failed,
              "encoder": asdict(encoder.cfg), "grid": list(encoder.grid), "channels": encoder.channels}
     for p in work.glob("chunk-*.json"):
         p.unlink()

@@ -260,7 +260,7 @@ def test_a_cache_written_before_folders_were_named_by_their_images_is_reused(enc
     base = built.with_name(built.name.split("+")[0])
     built.rename(base)
     index = json.loads((base / "index.json").read_text())
-    del index["rows"]
+    del index["rows"], index["format"]  # as the first releases wrote it: no format, no rows
     (base / "index.json").write_text(json.dumps(index))
     before = snapshot(tmp_path)
     for recs in (records[5:9], records):
@@ -268,3 +268,17 @@ def test_a_cache_written_before_folders_were_named_by_their_images_is_reused(enc
         assert enc.images == 0 and view.folders == [base]
         assert view.image_ids == ids(recs) and same_features(view, one_go, ids(recs))
     assert snapshot(tmp_path) == before
+
+
+def test_cache_format_is_versioned(tmp_path):
+    import json
+
+    from captioner.features import CACHE_FORMAT, FeatureCache
+
+    (tmp_path / "index.json").write_text(json.dumps({"format": CACHE_FORMAT + 1, "image_ids": [], "rows": []}))
+    with pytest.raises(ValueError, match="newer than this release reads"):
+        FeatureCache(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"image_ids": [5, 9]}))  # format 1: one row per id, in order
+    assert FeatureCache(tmp_path).row_of == {5: 0, 9: 1}
+    (tmp_path / "index.json").write_text(json.dumps({"format": 2, "image_ids": [5, 9], "rows": [3, 1]}))
+    assert FeatureCache(tmp_path).row_of == {5: 3, 9: 1}
