@@ -203,9 +203,9 @@ def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, tokens: torch.Tenso
     mask = targets != PAD_ID
     ce_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                              ignore_index=PAD_ID, reduction="sum")
-    # Sums divided by at least 1: an empty share of a batch (DDP) contributes 0, not NaN.
-    per = tokens.shape[0] if objective == "paper" else mask.sum()
-    ce = ce_sum / per.clamp(min=1) if torch.is_tensor(per) else ce_sum / max(per, 1)
+    # Per caption (paper) or per token, divided by at least 1: an empty share of a batch (DDP) gives 0, not NaN.
+    count = mask.new_tensor(tokens.shape[0], dtype=torch.long) if objective == "paper" else mask.sum()
+    ce = ce_sum / count.clamp(min=1)
     reduction = "sum" if objective == "paper" else att_reduction
     reg = attention_regularizer(alphas.float(), mask.float(), reduction) if att_lambda else ce.new_zeros(())
     return ce + att_lambda * reg, ce, reg

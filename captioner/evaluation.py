@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .datasets import ImageRecord
 from .features import FeatureView, ImageFileDataset, cached_features
-from .metrics import METRIC_KEYS, NLTK_BLEU_KEYS
+from .metrics import METRIC_KEYS, NLTK_BLEU_KEYS, coco_caption_scores, nltk_corpus_bleu
 from .model import Captioner, CaptionOutput
 from .scene_metrics import SHAPES_METRICS, shapes_scores
 from .search import DEFAULT_MAX_LEN
@@ -112,15 +112,13 @@ def score_outputs(outputs: dict[int, CaptionOutput], records: Sequence[ImageReco
     to add nltk's BLEU (None: all of them); the shapes-world scores are computed whenever
     `objects` is given.
     """
-    from . import metrics as M
-
     refs = {r.image_id: list(r.captions) for r in records}
     preds = {i: outputs[i].text if i in outputs else "" for i in refs}
     missing = [i for i in refs if i not in outputs]
     coco = None if metrics is None else [m for m in metrics if m in METRIC_KEYS]
-    scores, info = M.coco_caption_scores(preds, refs, meteor=meteor, metrics=coco)
+    scores, info = coco_caption_scores(preds, refs, meteor=meteor, metrics=coco)
     if metrics is None or set(metrics) & set(NLTK_BLEU_KEYS):
-        scores.update(M.nltk_corpus_bleu(preds, refs))
+        scores.update(nltk_corpus_bleu(preds, refs))
         info["nltk_BLEU"] = ("nltk.translate.bleu_score.corpus_bleu on captioner.text.tokenize tokens, each image once "
                              "with all its references, no smoothing: for comparison with tutorials, not the COCO BLEU")
     info["images"] = len(refs)

@@ -332,10 +332,6 @@ def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder
 def _finish(work: Path, folder: Path, records: Sequence[ImageRecord], prog: _Progress, encoder: Encoder) -> None:
     """Turn the complete partial folder into the finished one, unless another process finished
     the same job first: then its folder is kept and this work dropped. Never deletes a finished cache."""
-    if (folder / "index.json").is_file():
-        log.info("%s was finished by another run meanwhile: keeping it, dropping %s", folder, work)
-        shutil.rmtree(work, ignore_errors=True)
-        return
     failed = prog.failed()
     bad = {f["image_id"] for f in failed}
     ok = [(row, r.image_id) for row, r in enumerate(records) if r.image_id not in bad]
