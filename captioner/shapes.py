@@ -275,7 +275,8 @@ def _groups(objs: list[dict], size: bool = True) -> str:
     return _join(items)
 
 
-def _position(obj: dict) -> str:
+def position(obj: dict) -> str:
+    """Where obj is in the image: "in the top left", "at the top", "on the left", "in the centre"... (thirds)."""
     cx, cy = _centre(obj)
     third = IMAGE_SIZE / 3
     v = "top" if cy < third else "bottom" if cy > 2 * third else ""
@@ -325,9 +326,9 @@ def make_captions(rng: np.random.Generator, objects: list[dict], background: str
     bg = _BACKGROUNDS[background]
     if len(objects) == 1:
         o = objects[0]
-        counted = [f"one {_named(o, det='')}", f"a single {_named(o, det='')} {_position(o)}",
+        counted = [f"one {_named(o, det='')}", f"a single {_named(o, det='')} {position(o)}",
                    f"the image shows one {_named(o, det='')}"]
-        other = [_named(o), f"{_named(o)} on a {bg} background", f"there is {_named(o)} {_position(o)}",
+        other = [_named(o), f"{_named(o)} on a {bg} background", f"there is {_named(o)} {position(o)}",
                  f"an image of {_named(o, size=False)}"]
         n_counted = int(rng.integers(1, 3))
         chosen = _choose(rng, counted, n_counted) + _choose(rng, other, CAPTIONS_PER_IMAGE - n_counted)
