@@ -1,10 +1,19 @@
 """The "shapes world": a synthetic, deterministic captioning dataset in COCO format.
 
-This module owns the generator: rendering scenes of 1-3 coloured shapes on muted
-textured backgrounds, writing their captions and boxes (COCO captions/instances files
-plus a Karpathy-style split file), choosing the held-out (colour, shape) pairs used for
-the compositional ``test_novel`` split, and reading a generated world back
-(``load_world`` / ``load_objects``). Its vocabulary (SHAPES, COLOURS, SIZES,
+This module owns the generator: rendering scenes of 0-3 coloured shapes on muted
+backgrounds, writing their captions and boxes (COCO captions/instances files plus a
+Karpathy-style split file), choosing the held-out (colour, shape) pairs used for the
+compositional ``test_novel`` split, and reading a generated world back (``load_world`` /
+``load_objects``).
+
+Every split but one is drawn from the training style (``STYLES["train"]``): each colour name
+is a range of shades, shapes are slightly rotated and blurred now and then, six background
+families (flat among them), and a few scenes hold no object at all ("an empty striped
+background"), so that a model learns colour names as ranges and the background as
+background. ``test_shift`` is drawn from rendering settings no other split uses
+(``STYLES["shift"]``): four other background families, shades further from each colour's
+centre, stronger blur, JPEG artefacts, image noise, object sizes between and beyond the
+trained ones, and larger rotations. Its vocabulary (SHAPES, COLOURS, SIZES,
 NUMBER_WORDS, RELATIONS) and the rule the captions state relations by (``relation``)
 are defined here once; captioner.scene_metrics parses generated captions with them
 and scores them against the objects.
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import io
 import json
 import logging
 import multiprocessing
@@ -27,34 +37,48 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from .atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: colour ranges, rotations, blur, empty scenes, flat backgrounds, test_shift
 IMAGE_SIZE = 224
 JPEG_QUALITY = 92
-SPLITS = ("train", "val", "test", "test_novel")
-DEFAULT_SIZES = {"train": 8000, "val": 500, "test": 1000, "test_novel": 1000}
+SPLITS = ("train", "val", "test", "test_novel", "test_shift")
+DEFAULT_SIZES = {"train": 8000, "val": 500, "test": 1000, "test_novel": 1000, "test_shift": 1000}
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 COLOURS = ("red", "yellow", "green", "cyan", "blue", "purple")
 SIZES = ("small", "large")
-# Far apart in hue; "purple" is magenta-like so that it never reads as blue.
-COLOUR_RGB = {
-    "red": (220, 40, 40), "yellow": (235, 210, 40), "green": (40, 170, 60),
-    "cyan": (40, 205, 215), "blue": (40, 70, 225), "purple": (200, 40, 200),
-}
-SIDE_RANGE = {"small": (30, 42), "large": (64, 84)}  # side of the object's square cell, px
+# Each colour name is a range of shades around a centre hue (degrees), far apart in hue
+# ("purple" is magenta-like so that it never reads as blue), with its own brightness range
+# (a dark yellow would read as olive); saturation is drawn from SATURATION.
+COLOUR_HSV = {"red": (0, (0.6, 0.95)), "yellow": (52, (0.82, 1.0)), "green": (129, (0.45, 0.85)),
+              "cyan": (183, (0.65, 0.95)), "blue": (230, (0.6, 1.0)), "purple": (300, (0.55, 0.9))}
+SATURATION = (0.6, 1.0)
+SIDE_RANGE = {"small": (30, 42), "large": (64, 84)}  # side of the object's square cell, px (training)
 NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
                 "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 N_HELD_OUT = 4
 CAPTIONS_PER_IMAGE = 5
 _MARGIN, _GAP, _SUPERSAMPLE = 4, 6, 4
+# Background kind -> the adjective captions use. The shift families are never drawn for training.
 _BACKGROUNDS = {"noise": "grainy", "stripes": "striped", "checkerboard": "checkered",
-                "gradient": "shaded", "blotches": "mottled"}  # kind -> caption adjective
+                "gradient": "shaded", "blotches": "mottled", "flat": "plain",
+                "dots": "dotted", "waves": "wavy", "radial": "glowing", "bricks": "brick"}
+EMPTY_SHARE = 0.05  # scenes with no object (not in test_novel, whose scenes hold a novel pair)
+# The rendering settings of each style. Ranges are (low, high); a shift factor is applied to a
+# test_shift scene with probability `shift_p` each (the background always), so that scenes mix them.
+STYLES = {
+    "train": {"backgrounds": ("noise", "stripes", "checkerboard", "gradient", "blotches", "flat"),
+              "hue_offset": (0, 8), "rotation": (0, 8), "blur_p": 0.3, "blur": (0.3, 0.8),
+              "sides": {"small": [(30, 42)], "large": [(64, 84)]}, "jpeg": None, "noise": None},
+    "shift": {"backgrounds": ("dots", "waves", "radial", "bricks"), "shift_p": 0.5,
+              "hue_offset": (8, 13), "rotation": (8, 20), "blur": (1.0, 1.6), "jpeg": (15, 40),
+              "noise": (6, 14), "sides": {"small": [(22, 29), (43, 52)], "large": [(53, 62), (86, 100)]}},
+}
 _COUNT_WORD = {v: k for k, v in NUMBER_WORDS.items()}
 
 
@@ -67,7 +91,7 @@ def plural(shape: str) -> str:
 
 def choose_held_out(seed: int) -> list[tuple[str, str]]:
     """N_HELD_OUT (colour, shape) pairs with distinct colours and distinct shapes."""
-    rng = np.random.default_rng([seed, len(SPLITS)])  # a stream no split uses
+    rng = np.random.default_rng([seed, 4])  # a stream no split uses (4: the splits' count in version 1)
     colours = rng.permutation(len(COLOURS))[:N_HELD_OUT]
     shapes = rng.permutation(len(SHAPES))[:N_HELD_OUT]
     return [(COLOURS[c], SHAPES[s]) for c, s in zip(colours, shapes)]
@@ -76,6 +100,8 @@ def choose_held_out(seed: int) -> list[tuple[str, str]]:
 def _sample_pairs(rng: np.random.Generator, n: int, split: str,
                   held_out: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     everything = [(c, s) for c in COLOURS for s in SHAPES]
+    if n == 0:
+        return []
     allowed = [p for p in everything if p not in set(held_out)]
     if split == "test_novel":  # one guaranteed novel pair; the others may be anything
         pairs = [tuple(held_out[rng.integers(len(held_out))])]
@@ -126,8 +152,12 @@ def _unit_outline(shape: str) -> list[tuple[float, float]] | None:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _shape_mask(shape: str, side: int) -> tuple[np.ndarray, list[float]]:
-    """Anti-aliased alpha mask (side x side, 0..1) and tight bbox [x, y, w, h] in the cell."""
+def _shape_mask(shape: str, side: int, angle: float = 0.0) -> tuple[np.ndarray, list[float]]:
+    """Anti-aliased alpha mask (side x side, 0..1) and tight bbox [x, y, w, h] in the cell.
+
+    angle: rotation in degrees about the cell's centre; a rotated outline is shrunk just enough
+    to stay inside its cell (so placement, which keeps cells apart, still keeps objects apart).
+    """
     big = side * _SUPERSAMPLE
     canvas = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(canvas)
@@ -136,6 +166,11 @@ def _shape_mask(shape: str, side: int) -> tuple[np.ndarray, list[float]]:
         draw.ellipse([0, 0, big - 1, big - 1], fill=255)
         box = [0.0, 0.0, float(side), float(side)]
     else:
+        if angle:
+            c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+            pts = [((x - 0.5) * c - (y - 0.5) * s, (x - 0.5) * s + (y - 0.5) * c) for x, y in outline]
+            shrink = min(1.0, 0.5 / max(max(abs(u), abs(v)) for u, v in pts))
+            outline = [(0.5 + u * shrink, 0.5 + v * shrink) for u, v in pts]
         draw.polygon([(x * big, y * big) for x, y in outline], fill=255)
         xs, ys = [p[0] * side for p in outline], [p[1] * side for p in outline]
         box = [float(v) for v in (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))]
@@ -153,61 +188,119 @@ def _upsample(field: np.ndarray) -> np.ndarray:
     return np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
 
 
-def _background(rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """A muted textured background (H x W x 3 float32) and its kind."""
-    kind = list(_BACKGROUNDS)[rng.integers(len(_BACKGROUNDS))]
+def _pattern(rng: np.random.Generator, kind: str) -> np.ndarray:
+    """The kind's 0..1 mixing field (H x W) between the background's two tones."""
     size = IMAGE_SIZE
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angle = rng.uniform(0, np.pi)
     along = xx * np.cos(angle) + yy * np.sin(angle)
+    across = -xx * np.sin(angle) + yy * np.cos(angle)
     if kind == "noise":
-        t = _upsample(rng.random((int(rng.integers(4, 12)),) * 2))
-    elif kind == "stripes":
-        t = 0.5 + 0.5 * np.sin(2 * np.pi * along / rng.uniform(8, 40) + rng.uniform(0, 6.3))
-    elif kind == "checkerboard":
+        return _upsample(rng.random((int(rng.integers(4, 12)),) * 2))
+    if kind == "stripes":
+        return 0.5 + 0.5 * np.sin(2 * np.pi * along / rng.uniform(8, 40) + rng.uniform(0, 6.3))
+    if kind == "checkerboard":
         cell, (ox, oy) = rng.uniform(10, 40), rng.uniform(0, 40, size=2)
-        t = ((np.floor((xx + ox) / cell) + np.floor((yy + oy) / cell)) % 2).astype(np.float32)
-    elif kind == "gradient":
-        t = (along - along.min()) / (np.ptp(along) + 1e-6)
-    else:  # blotches: a few soft blobs, computed coarse then upsampled for speed
+        return ((np.floor((xx + ox) / cell) + np.floor((yy + oy) / cell)) % 2).astype(np.float32)
+    if kind == "gradient":
+        return (along - along.min()) / (np.ptp(along) + 1e-6)
+    if kind == "flat":
+        return np.zeros((size, size), np.float32)
+    if kind == "blotches":  # a few soft blobs, computed coarse then upsampled for speed
         gy, gx = np.mgrid[0:56, 0:56].astype(np.float32)
         t = np.zeros((56, 56), np.float32)
         for _ in range(int(rng.integers(4, 10))):
             cx, cy, sig = rng.uniform(0, 56), rng.uniform(0, 56), rng.uniform(4, 12)
             t += np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * sig * sig))
-        t = _upsample(np.clip(t, 0, 1))
-    t = np.clip(t, 0, 1)[..., None]
+        return _upsample(np.clip(t, 0, 1))
+    # the shift families
+    if kind == "dots":
+        pitch, r = rng.uniform(14, 30), rng.uniform(0.2, 0.35)
+        u, v = (along / pitch) % 1 - 0.5, (across / pitch) % 1 - 0.5
+        return np.clip((r - np.sqrt(u * u + v * v)) * pitch, 0, 1)
+    if kind == "waves":
+        wave = rng.uniform(4, 14) * np.sin(2 * np.pi * across / rng.uniform(40, 90))
+        return 0.5 + 0.5 * np.sin(2 * np.pi * (along + wave) / rng.uniform(12, 36))
+    if kind == "radial":
+        cx, cy = rng.uniform(0, size, size=2)
+        d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+        return d / d.max()
+    if kind == "bricks":
+        h, w = rng.uniform(10, 22), rng.uniform(24, 48)
+        row = np.floor(yy / h)
+        x = xx + (row % 2) * w / 2
+        mortar = (yy % h < 2) | (x % w < 2)
+        return mortar.astype(np.float32)
+    raise ValueError(f"unknown background kind {kind!r}")
+
+
+def _background(rng: np.random.Generator, kinds: Sequence[str]) -> tuple[np.ndarray, str]:
+    """A muted background of one of `kinds` (H x W x 3 float32) and its kind."""
+    kind = kinds[rng.integers(len(kinds))]
+    t = np.clip(_pattern(rng, kind), 0, 1)[..., None]
     hue, value = rng.random(), rng.uniform(0.3, 0.85)
     other = np.clip(value + rng.choice([-1, 1]) * rng.uniform(0.08, 0.22), 0.2, 0.92)
     a, b = _muted_tone(rng, hue, value), _muted_tone(rng, hue + rng.uniform(-0.08, 0.08), other)
-    grain = rng.normal(0, rng.uniform(2, 7), size=(size, size, 1)).astype(np.float32)
+    grain = rng.normal(0, rng.uniform(2, 7), size=(IMAGE_SIZE, IMAGE_SIZE, 1)).astype(np.float32)
     return a * (1 - t) + b * t + grain, kind
 
 
-def _paint(canvas: np.ndarray, rng: np.random.Generator, colour: str, mask: np.ndarray,
+def _signed(rng: np.random.Generator, magnitude: tuple[float, float]) -> float:
+    """A value whose size is uniform in `magnitude` = (low, high), of random sign."""
+    return float(rng.uniform(*magnitude) * rng.choice([-1, 1]))
+
+
+def shade(rng: np.random.Generator, colour: str, hue_offset: tuple[float, float] = (0, 8)) -> np.ndarray:
+    """An RGB shade (0..255) of a colour name: its centre hue moved by hue_offset degrees either way."""
+    centre, (v_lo, v_hi) = COLOUR_HSV[colour]
+    hue = (centre + _signed(rng, hue_offset)) / 360 % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(*SATURATION), rng.uniform(v_lo, v_hi))
+    return np.array(rgb, dtype=np.float32) * 255
+
+
+def _paint(canvas: np.ndarray, rng: np.random.Generator, rgb: np.ndarray, mask: np.ndarray,
            x: int, y: int) -> None:
-    """Composite a slightly jittered, softly shaded flat colour through the mask."""
+    """Composite a softly shaded flat colour through the mask."""
     side = mask.shape[0]
-    rgb = np.clip(np.array(COLOUR_RGB[colour]) + rng.integers(-15, 16, size=3), 0, 255)
     ramp = np.linspace(-1, 1, side, dtype=np.float32)
     gx, gy = rng.uniform(-1, 1, size=2)  # direction of a soft lighting gradient
-    shade = 1 + rng.uniform(0.03, 0.1) * (ramp[None, :] * gx + ramp[:, None] * gy)
-    fill = rgb.astype(np.float32) * shade[..., None]
+    light = 1 + rng.uniform(0.03, 0.1) * (ramp[None, :] * gx + ramp[:, None] * gy)
+    fill = rgb * light[..., None]
     alpha = mask[..., None]
     region = canvas[y:y + side, x:x + side]
     canvas[y:y + side, x:x + side] = region * (1 - alpha) + fill * alpha
 
 
+def _draw_style(rng: np.random.Generator, split: str) -> dict:
+    """This scene's rendering settings: the training style, or for test_shift a mix of shifted factors."""
+    train = STYLES["train"]
+    if split != "test_shift":
+        blur = rng.uniform(*train["blur"]) if rng.random() < train["blur_p"] else 0.0
+        return {**train, "blur": blur}
+    shift = STYLES["shift"]
+    use = {k: rng.random() < shift["shift_p"] for k in ("hue_offset", "rotation", "blur", "jpeg", "noise", "sides")}
+    style = {k: shift[k] if use[k] else train[k] for k in use}
+    style["blur"] = rng.uniform(*shift["blur"]) if use["blur"] else 0.0
+    style["backgrounds"] = shift["backgrounds"]
+    return style
+
+
+def _side(rng: np.random.Generator, ranges: list[tuple[int, int]]) -> int:
+    lo, hi = ranges[rng.integers(len(ranges))]
+    return int(rng.integers(lo, hi, endpoint=True))
+
+
 def make_scene(rng: np.random.Generator, split: str,
                held_out: Sequence[tuple[str, str]]) -> tuple[Image.Image, list[dict], str]:
     """Render one scene: (image, objects, background kind). Objects have colour/shape/size/bbox/area."""
-    canvas, kind = _background(rng)
-    n = int(rng.integers(1, 4))
+    style = _draw_style(rng, split)
+    canvas, kind = _background(rng, style["backgrounds"])
+    n = 0 if split != "test_novel" and rng.random() < EMPTY_SHARE else int(rng.integers(1, 4))
     pairs = _sample_pairs(rng, n, split, held_out)
     sizes = [SIZES[i] for i in rng.integers(len(SIZES), size=n)]
     corners = None
     for _ in range(30):
-        sides = [int(rng.integers(*SIDE_RANGE[s], endpoint=True)) for s in sizes]
+        sides = [_side(rng, style["sides"][s]) for s in sizes]
         corners = _place(rng, sides)
         if corners is not None:
             break
@@ -217,12 +310,20 @@ def make_scene(rng: np.random.Generator, split: str,
         corners = _place(rng, sides)
     objects = []
     for (colour, shape), size, side, (x, y) in zip(pairs, sizes, sides, corners):
-        mask, (bx, by, bw, bh) = _shape_mask(shape, side)
-        _paint(canvas, rng, colour, mask, x, y)
+        mask, (bx, by, bw, bh) = _shape_mask(shape, side, _signed(rng, style["rotation"]))
+        _paint(canvas, rng, shade(rng, colour, style["hue_offset"]), mask, x, y)
         objects.append({"colour": colour, "shape": shape, "size": size,
                         "bbox": [round(x + bx, 2), round(y + by, 2), round(bw, 2), round(bh, 2)],
                         "area": round(float(mask.sum()), 2)})
+    if style["noise"]:
+        canvas = canvas + rng.normal(0, rng.uniform(*style["noise"]), size=canvas.shape).astype(np.float32)
     image = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))  # RGB
+    if style["blur"]:
+        image = image.filter(ImageFilter.GaussianBlur(style["blur"]))
+    if style["jpeg"]:  # artefacts of a low quality; the file is then saved at JPEG_QUALITY like every image
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=int(rng.integers(*style["jpeg"], endpoint=True)))
+        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     return image, objects, kind
 
 
@@ -320,11 +421,14 @@ def _choose(rng: np.random.Generator, items: list[str], k: int) -> list[str]:
 
 
 def make_captions(rng: np.random.Generator, objects: list[dict], background: str) -> list[str]:
-    """CAPTIONS_PER_IMAGE varied captions, each naming every object with colour and shape."""
+    """CAPTIONS_PER_IMAGE varied captions, each naming every object with colour and shape (none: saying so)."""
     def shuffled() -> list[dict]:  # a fresh object order per caption
         return [objects[i] for i in rng.permutation(len(objects))]
     bg = _BACKGROUNDS[background]
-    if len(objects) == 1:
+    if not objects:
+        chosen = [f"an empty {bg} background", f"a {bg} background with no shapes", "there are no objects",
+                  f"no shapes on a {bg} background", f"nothing but a {bg} background"]
+    elif len(objects) == 1:
         o = objects[0]
         counted = [f"one {_named(o, det='')}", f"a single {_named(o, det='')} {position(o)}",
                    f"the image shows one {_named(o, det='')}"]
@@ -439,7 +543,8 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str
     _write_annotations(out, records, seed)
     _write_json(out / "world.json", {
         "version": VERSION, "seed": seed, "sizes": sizes, "image_size": IMAGE_SIZE,
-        "shapes": list(SHAPES), "colours": {c: list(COLOUR_RGB[c]) for c in COLOURS},
+        "shapes": list(SHAPES), "colours": {c: {"hue": h, "value": list(v)} for c, (h, v) in COLOUR_HSV.items()},
+        "styles": STYLES, "empty_share": EMPTY_SHARE,
         "object_sizes": list(SIZES), "held_out": [list(p) for p in held_out],
         "num_images": len(tasks)})
     return out

@@ -50,7 +50,10 @@ def shapes_source(root: str | os.PathLike = "data/shapes", seed: int = 0, genera
         inst = root / "annotations" / f"instances_{s}.json"
         objects[s] = shapes.load_objects(inst)
         sizes_[s] = _image_sizes(inst)
-    return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}", splits, objects, sizes_)
+    # The world's identity (version, seed, sizes) is in the name: image ids and files of a regenerated
+    # world at the same path must never be served another world's cached features.
+    ident = hashlib.sha1(json.dumps([world.get("version"), world["seed"], world.get("sizes")]).encode()).hexdigest()[:6]
+    return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}-w{ident}", splits, objects, sizes_)
 
 
 def _image_sizes(coco_json: Path) -> dict[int, tuple[int, int]]:

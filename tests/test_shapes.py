@@ -2,10 +2,12 @@
 captioner.scene_metrics's parser; the parser itself is tested in test_scene_metrics.py)."""
 from __future__ import annotations
 
+import colorsys
 import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -23,8 +25,8 @@ from captioner.shapes import (
     plural,
 )
 
-TINY = {"train": 30, "val": 5, "test": 5, "test_novel": 10}
-SPLITS = ("train", "val", "test", "test_novel")
+TINY = {"train": 30, "val": 5, "test": 5, "test_novel": 10, "test_shift": 10}
+SPLITS = shapes.SPLITS
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_ensure_world_regenerates_only_on_change(world, tmp_path):
     assert ensure_world(world, seed=0, sizes=TINY) == world
     assert (world / "world.json").stat().st_mtime_ns == stamp
     out = ensure_world(tmp_path / "w", seed=3, sizes={"train": 2, "val": 1})
-    assert load_world(out)["sizes"] == {"train": 2, "val": 1, "test": 0, "test_novel": 0}
+    assert load_world(out)["sizes"] == {"train": 2, "val": 1, "test": 0, "test_novel": 0, "test_shift": 0}
 
 
 def test_held_out_pairs(world):
@@ -101,7 +103,7 @@ def test_objects_and_captions_agree(world):
         objects = load_objects(world / "annotations" / f"instances_{split}.json")
         captions = _captions(world, split)
         for image_id, objs in objects.items():
-            assert 1 <= len(objs) <= 3
+            assert 0 <= len(objs) <= 3 and (objs or split != "test_novel")
             want = Counter((o["colour"], o["shape"]) for o in objs)
             caps = captions[image_id]
             assert len(caps) == 5 and len(set(caps)) == 5
@@ -111,8 +113,9 @@ def test_objects_and_captions_agree(world):
             for i, o in enumerate(objs):
                 x, y, w, h = o["bbox"]
                 assert 0 <= x and 0 <= y and x + w <= 224 and y + h <= 224
-                side = max(w, h)
-                assert (side <= 42) if o["size"] == "small" else (side >= 55), o
+                side = max(w, h)  # cells: small 30-42, large 64-84 px (test_shift: 22-52, 53-100)
+                small, large = (52, 40) if split == "test_shift" else (42, 55)
+                assert (side <= small) if o["size"] == "small" else (side >= large), o
                 assert all(not _overlap(o["bbox"], p["bbox"]) for p in objs[i + 1:])
 
 
@@ -123,7 +126,7 @@ def test_captions_state_counts_and_relations(world):
         objects = load_objects(world / "annotations" / f"instances_{split}.json")
         for image_id, caps in _captions(world, split).items():
             n = len(objects[image_id])
-            count_word = {1: ("one", "single"), 2: ("two shapes", "two objects"),
+            count_word = {0: ("no shapes", "no objects"), 1: ("one", "single"), 2: ("two shapes", "two objects"),
                           3: ("three shapes", "three objects")}[n]
             assert any(w in c for c in caps for w in count_word), caps
             if n > 1:
@@ -143,6 +146,56 @@ def test_stated_relations_of_the_references_are_true(world):
             checked += r["relations_checked"]
             assert r["relations_checked"] == 0 or r["relation_accuracy"] == 1.0
     assert checked >= 10
+
+
+def _scenes(split: str, n: int = 300):
+    held = shapes.choose_held_out(0)
+    for i in range(n):
+        rng = np.random.default_rng([0, SPLITS.index(split), i])
+        yield rng, *shapes.make_scene(rng, split, held)
+
+
+def test_empty_scenes_are_captioned_as_empty():
+    empty = 0
+    for rng, _image, objs, kind in _scenes("train"):
+        if objs:
+            continue
+        empty += 1
+        caps = shapes.make_captions(rng, objs, kind)
+        assert len(set(caps)) == 5 and all(parse_objects(c) == Counter() for c in caps), caps
+        assert all({"no", "nothing", "empty"} & set(c.split()) for c in caps), caps
+    assert 5 <= empty <= 30  # about EMPTY_SHARE of 300
+    assert all(objs for _, _, objs, _ in _scenes("test_novel", 100))  # each holds a novel pair
+
+
+def test_test_shift_uses_settings_training_never_sees():
+    train_kinds = {kind for _, _, _, kind in _scenes("train")}
+    shift_kinds = {kind for _, _, _, kind in _scenes("test_shift")}
+    assert train_kinds == set(shapes.STYLES["train"]["backgrounds"]) and "flat" in train_kinds
+    assert shift_kinds == set(shapes.STYLES["shift"]["backgrounds"]) and not train_kinds & shift_kinds
+    # colour names are ranges: training shades stay within 8 degrees of the centre hue, shifted ones 8-13
+    for style, (lo, hi) in (("train", (0, 8)), ("shift", (8, 13))):
+        rng = np.random.default_rng(1)
+        for colour, (centre, _) in shapes.COLOUR_HSV.items():
+            for _ in range(50):
+                h, s, v = colorsys.rgb_to_hsv(*(shapes.shade(rng, colour, shapes.STYLES[style]["hue_offset"]) / 255))
+                off = abs((h * 360 - centre + 180) % 360 - 180)
+                assert lo - 1e-6 <= off <= hi + 1e-6, (style, colour, off)
+    # the same scene index renders differently in the two styles, and test_shift is blurrier on average
+    sharp = [np.abs(np.diff(np.asarray(im.convert("L"), float), axis=1)).mean() for _, im, _, _ in _scenes("train", 40)]
+    shifted = [np.abs(np.diff(np.asarray(im.convert("L"), float), axis=1)).mean()
+               for _, im, _, _ in _scenes("test_shift", 40)]
+    assert np.mean(shifted) != pytest.approx(np.mean(sharp), rel=0.05)
+
+
+def test_regenerated_world_gets_a_new_cache_name(tmp_path):
+    """Image ids and files of a regenerated world (other sizes or version) must never be served the
+    features another world cached under the same path."""
+    from captioner.sources import shapes_source
+
+    first = shapes_source(tmp_path, sizes={"train": 3, "val": 1}).name
+    assert shapes_source(tmp_path).name == first  # the same world: the same cache
+    assert shapes_source(tmp_path, sizes={"train": 2, "val": 2}).name != first
 
 
 def test_relation_follows_centres():
