@@ -28,6 +28,9 @@ class DecoderConfig:
     gate: str = "scalar"  # beta = sigmoid(f_beta(h)): "scalar" as in the paper, "channel" (per-channel), "none"
     pos_embed: bool = True  # learned row + column embedding added to the annotation vectors (not in the paper)
     feature_norm: bool = True  # LayerNorm over the channels of each annotation vector (not in the paper)
+    # Append each cell's normalised (x, y) in [-1, 1] to its annotation vector (not in the paper): attention
+    # sees where a cell is, and the context z_t = sum_i alpha_ti a_i then carries the attended location.
+    coords: bool = False
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(g) for g in self.grid)
@@ -61,6 +64,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         C, n, m = cfg.feature_dim, cfg.hidden_dim, cfg.embed_dim
+        D = C + 2 * cfg.coords  # annotation vector size as attention and the context see it
         if cfg.pos_embed:
             self.row_embed = nn.Parameter(torch.zeros(cfg.grid[0], C))
             self.col_embed = nn.Parameter(torch.zeros(cfg.grid[1], C))
@@ -69,17 +73,17 @@ class Decoder(nn.Module):
         if cfg.feature_norm:
             self.feature_norm = nn.LayerNorm(C)
         self.embed = nn.Embedding(cfg.vocab_size, m)
-        self.attention = SoftAttention(C, n, cfg.attention_dim)
+        self.attention = SoftAttention(D, n, cfg.attention_dim)
         # Paper: c0, h0 are predicted from the mean annotation vector by two separate MLPs.
         self.init_h = nn.Linear(C, n)
         self.init_c = nn.Linear(C, n)
         if cfg.gate != "none":
-            self.f_beta = nn.Linear(n, 1 if cfg.gate == "scalar" else C)
-        self.lstm = nn.LSTMCell(m + C, n)
+            self.f_beta = nn.Linear(n, 1 if cfg.gate == "scalar" else D)
+        self.lstm = nn.LSTMCell(m + D, n)
         self.dropout = nn.Dropout(cfg.dropout)
         # Deep output: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))  (eq. 7); one bias (L_h's) inside.
         self.L_h = nn.Linear(n, m)
-        self.L_z = nn.Linear(C, m, bias=False)
+        self.L_z = nn.Linear(D, m, bias=False)
         self.L_o = nn.Linear(m, cfg.vocab_size)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -88,7 +92,10 @@ class Decoder(nn.Module):
 
     # --- the stages search.py calls -------------------------------------------------------
     def prepare(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image work done once: normalise, add positions, project for attention. (B,N,C) -> feats, (B,N,A)."""
+        """Per-image work done once: normalise, add positions, project for attention.
+
+        (B,N,C) -> feats (B,N,D), (B,N,A); D = C, or C + 2 with coords (x, y appended last).
+        """
         if self.cfg.feature_norm:
             feats = self.feature_norm(feats)
         if self.cfg.pos_embed:
@@ -97,10 +104,12 @@ class Decoder(nn.Module):
                 raise ValueError(f"features have {feats.shape[1]} cells, decoder expects {h}x{w}")
             pos = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).reshape(h * w, -1)  # (N, C)
             feats = feats + pos
+        if self.cfg.coords:
+            feats = torch.cat([feats, cell_coords(self.cfg.grid, feats).expand(feats.shape[0], -1, -1)], dim=2)
         return feats, self.attention.feat_proj(feats)
 
     def init_state(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = feats.mean(dim=1)  # (B, C)
+        mean = feats[:, :, : self.cfg.feature_dim].mean(dim=1)  # (B, C): the coordinates' mean says nothing
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
 
     def step(self, prev_tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
@@ -140,6 +149,14 @@ class Decoder(nn.Module):
             logits.append(lt)
             alphas.append(at)
         return torch.stack(logits, 1), torch.stack(alphas, 1)
+
+
+def cell_coords(grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """(1, h*w, 2): each cell centre's (x, y), scaled to [-1, 1] across the grid, row by row like the features."""
+    h, w = grid
+    ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) / w * 2 - 1
+    return torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=1).unsqueeze(0)
 
 
 # Biases that earlier releases had and that change nothing but their partner's: (removed, partner).

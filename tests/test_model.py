@@ -361,3 +361,35 @@ def test_paper_objective_is_the_per_caption_sum():
     assert reg.item() == pytest.approx((reg_sum / 20).mean().item(), rel=1e-5)
     with pytest.raises(ValueError):
         caption_loss(logits, alphas, tokens, objective="sentence")
+
+
+@pytest.mark.parametrize("gate", ["scalar", "channel", "none"])
+def test_coords_put_the_attended_location_in_the_context(gate):
+    """With coords, each annotation vector ends in its cell's (x, y): attention on one cell gives
+    a context whose last two channels are that cell's place (times the gate), row by row."""
+    from captioner.decoder import cell_coords
+
+    xy = cell_coords(GRID, torch.zeros(1))[0]  # (N, 2)
+    assert xy.shape == (20, 2) and xy.min() > -1 and xy.max() < 1
+    assert xy[0].tolist() == pytest.approx([-0.8, -0.75]) and xy[-1].tolist() == pytest.approx([0.8, 0.75])
+    assert xy[1, 0] > xy[0, 0] and xy[5, 1] > xy[0, 1]  # cell 1: one column right; cell 5: one row down
+    dec = make_decoder(coords=True, gate=gate)
+    f, proj = dec.prepare(feats(2))
+    assert f.shape == (2, 20, C + 2) and torch.equal(f[0, :, C:], xy) and proj.shape == (2, 20, 12)
+    alpha = torch.zeros(2, 20)
+    alpha[0, 7], alpha[1, 13] = 1, 1
+    context = torch.bmm(alpha.unsqueeze(1), f).squeeze(1)
+    assert torch.equal(context[:, C:], xy[[7, 13]])
+    tokens = torch.tensor([[START_ID, 5, 6, END_ID]] * 2)
+    logits, alphas = dec(feats(2), tokens)
+    assert logits.shape == (2, 3, V) and torch.isfinite(logits).all()
+    out = beam_search(dec, feats(2), beam_size=2, max_len=6)
+    assert len(out) == 2 and all(r.best.alphas.shape == (len(r.best.tokens), 20) for r in out)
+
+
+def test_coords_off_is_the_decoder_it_was():
+    """coords=False (the default, and what older checkpoints load as) builds the same modules and the same outputs."""
+    a, b = make_decoder(seed=3), make_decoder(seed=3, coords=False)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert make_decoder(coords=True).lstm.input_size == a.lstm.input_size + 2
