@@ -418,10 +418,23 @@ def cached_features(encoder: Encoder, records: Sequence[ImageRecord], cache_root
     return FeatureView(parts, records)
 
 
-def _reference_index(seed: int, epoch: int, index: int, n: int) -> int:
+def _reference_index(seed: int, epoch: int, index: int, n: int, weights: Sequence[float] | None = None) -> int:
     """Which of n reference captions item `index` uses this epoch: random, but a function of
-    (seed, epoch, index) alone, so any worker and any resumed run draws the same one."""
-    return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index).randrange(n)
+    (seed, epoch, index) alone, so any worker and any resumed run draws the same one.
+    weights: relative chances of the n references (None: all alike)."""
+    r = random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index)
+    if weights is None:
+        return r.randrange(n)
+    return r.choices(range(n), weights=weights)[0]
+
+
+def reference_weights(captions: Sequence[str], prefer: str | None, weight: float) -> list[float] | None:
+    """Per-reference chances of being drawn: `weight` for a caption the regular expression `prefer`
+    finds something in, 1 for the others; None (all alike) when nothing is preferred."""
+    if not prefer or weight == 1:
+        return None
+    pattern = re.compile(prefer)
+    return [weight if pattern.search(c) else 1.0 for c in captions]
 
 
 class CaptionFeatureDataset(Dataset):
@@ -429,17 +442,20 @@ class CaptionFeatureDataset(Dataset):
 
     per_image="one": one item per image and epoch, its caption drawn at random from the
     references (deterministically from seed, epoch and index, so a resumed run sees the same
-    data in any worker); "all": one item per reference caption.
+    data in any worker), a reference the regular expression `prefer` matches `prefer_weight`
+    times as likely as another; "all": one item per reference caption.
     """
 
     def __init__(self, cache: FeatureCache | FeatureView, records: Sequence[ImageRecord], vocab: Vocab,
-                 max_len: int = 30, per_image: str = "one", seed: int = 0):
+                 max_len: int = 30, per_image: str = "one", seed: int = 0, prefer: str | None = None,
+                 prefer_weight: float = 1.0):
         if per_image not in ("one", "all"):
             raise ValueError(f"per_image must be 'one' or 'all', not {per_image!r}")
         by_id = {r.image_id: r for r in records}
         self.cache = cache
         self.image_ids = [i for i in cache.image_ids if i in by_id]
         self.captions = [[vocab.encode(tokenize(c), max_len) for c in by_id[i].captions] for i in self.image_ids]
+        self.weights = [reference_weights(by_id[i].captions, prefer, prefer_weight) for i in self.image_ids]
         self.per_image = per_image
         self.pairs = [(k, j) for k, caps in enumerate(self.captions) for j in range(len(caps))]
         self.seed = seed
@@ -454,7 +470,7 @@ class CaptionFeatureDataset(Dataset):
     def __getitem__(self, i: int):
         if self.per_image == "one":
             k = i
-            j = _reference_index(self.seed, self.epoch, i, len(self.captions[k]))
+            j = _reference_index(self.seed, self.epoch, i, len(self.captions[k]), self.weights[k])
         else:
             k, j = self.pairs[i]
         feats = torch.from_numpy(np.array(self.cache.features(self.image_ids[k])))  # (N, C) fp16
@@ -465,10 +481,11 @@ class ImageCaptionDataset(Dataset):
     """(image, caption tokens) pairs for end-to-end training with a fine-tuned encoder."""
 
     def __init__(self, records: Sequence[ImageRecord], vocab: Vocab, transform: Callable, image_size: int,
-                 max_len: int = 30, seed: int = 0):
+                 max_len: int = 30, seed: int = 0, prefer: str | None = None, prefer_weight: float = 1.0):
         self.records = list(records)
         self.images = ImageFileDataset([r.path for r in self.records], transform, image_size)
         self.captions = [[vocab.encode(tokenize(c), max_len) for c in r.captions] for r in self.records]
+        self.weights = [reference_weights(r.captions, prefer, prefer_weight) for r in self.records]
         self.seed = seed
         self.epoch = 0
 
@@ -483,7 +500,7 @@ class ImageCaptionDataset(Dataset):
         if error:
             log.warning("skipping unreadable image: %s", error)
             return None
-        j = _reference_index(self.seed, self.epoch, i, len(self.captions[i]))
+        j = _reference_index(self.seed, self.epoch, i, len(self.captions[i]), self.weights[i])
         return image, torch.tensor(self.captions[i][j], dtype=torch.long)
 
 

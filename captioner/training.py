@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -68,7 +69,8 @@ log = logging.getLogger(__name__)
 
 
 ENCODER_OPTIONS = ("backbone", "encoder_weights", "image_size", "stages", "grid_size")  # what encoder_config() reads
-DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm")
+DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm",
+                   "coords")
 
 
 @dataclass
@@ -94,6 +96,8 @@ class TrainConfig:
     gate: str = option("scalar", "attention gate beta: scalar (paper), channel, none")
     pos_embed: bool = option(True, "add a learned row+column position embedding to the features (true/false)")
     feature_norm: bool = option(True, "LayerNorm each annotation vector before attention (true/false)")
+    coords: bool = option(False, "append each cell's (x, y) to its annotation vector, so attention and the context "
+                                 "carry the attended location (true/false)")
     att_lambda: float = option(1.0, "weight lambda of the doubly stochastic attention regulariser")
     att_reduction: str = option("mean", "regulariser over the N locations: mean (the sum / N) or sum (as the paper "
                                         "writes it); used by --objective token")
@@ -106,6 +110,9 @@ class TrainConfig:
     max_caption_len: int = option(30, "training captions are cut to this many words")
     captions_per_image: str = option("one", "per epoch: one random reference per image ('one') or every reference "
                                             "('all')")
+    prefer_captions: str | None = option(None, "with --captions-per-image one: a regular expression; references it "
+                                               "finds something in are drawn --prefer-weight times as often")
+    prefer_weight: float = option(1.0, "how much likelier a --prefer-captions reference is to be drawn")
     # optimisation
     epochs: int = option(20, "epochs to train")
     batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")
@@ -155,6 +162,10 @@ class TrainConfig:
             raise ValueError(f"att_reduction must be 'mean' or 'sum', not {self.att_reduction!r}")
         if self.captions_per_image not in ("one", "all"):
             raise ValueError(f"captions_per_image must be 'one' or 'all', not {self.captions_per_image!r}")
+        if self.prefer_captions:
+            re.compile(self.prefer_captions)  # a bad expression fails here, with re's message
+        if self.prefer_weight <= 0:
+            raise ValueError(f"prefer_weight must be positive, not {self.prefer_weight}")
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(backbone=self.backbone, image_size=self.image_size, stages=self.stages,
@@ -360,11 +371,11 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
     feat_kw = dict(batch_size=16, num_workers=cfg.workers, device=device, progress=cfg.progress, dist=dist)
     if cfg.fine_tune_encoder:  # images decoded in the loader's workers; the encoder trains
         train_ds = ImageCaptionDataset(train_records, model.vocab, model.transform(), cfg.image_size,
-                                       cfg.max_caption_len, cfg.seed)
+                                       cfg.max_caption_len, cfg.seed, cfg.prefer_captions, cfg.prefer_weight)
     else:  # the frozen encoder's features, computed once
         train_cache = cached_features(model.encoder, train_records, cfg.cache_dir, source.name, "train", **feat_kw)
         train_ds = CaptionFeatureDataset(train_cache, train_records, model.vocab, cfg.max_caption_len,
-                                         cfg.captions_per_image, cfg.seed)
+                                         cfg.captions_per_image, cfg.seed, cfg.prefer_captions, cfg.prefer_weight)
     val_cache = split_features(model, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
     sampler = EpochSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)

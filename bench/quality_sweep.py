@@ -1,0 +1,82 @@
+"""What helps the demo model name only what is there: variants of the shapes preset, measured.
+
+    python bench/quality_sweep.py                                 # every variant x seeds 1, 2; 8 epochs each
+    python bench/quality_sweep.py --variants base coords --seeds 1 2 3 --epochs 14
+    python bench/quality_sweep.py --report-only                   # the table of the runs on disk
+
+Each run is `train.py --preset shapes` plus the variant's options, with its own seed and a fixed
+number of epochs, in runs/quality/<variant>-s<seed>; its best.pt (by val CIDEr, beam 3) is then
+scored by `evaluate.py` on `val` and on `test_shift` (the rendering styles training never sees).
+Resumable: finished runs and evaluations (their metrics JSON) are kept, an interrupted run
+continues from its last.pt. Prints a markdown table per split: mean ± std over seeds of the
+COCO scores (pycocoevalcap, PTB tokens, beam 3) and the shapes-world scores (captioner.scene_metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# References stating where things are: relations, positions, "to its left".
+RELATIONAL = r"\b(left|right|above|below|top|bottom|middle|centre|its)\b"
+VARIANTS = {  # name -> train.py options on top of --preset shapes
+    "base": [],
+    "coords": ["--coords", "true"],
+    "prefer": ["--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
+    "coords+prefer": ["--coords", "true", "--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
+}
+KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
+        "grounding", "relation_rate", "relation_accuracy")
+SPLITS = ("val", "test_shift")
+
+
+def _cell(vals: list[float]) -> str:
+    vals = [v for v in vals if v is not None and v == v]  # None/NaN: nothing to score
+    if not vals:
+        return "n/a"
+    return f"{statistics.mean(vals):.3f}" + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--out", default=str(ROOT / "runs" / "quality"))
+    p.add_argument("--rescore", action="store_true", help="evaluate the finished runs again (new metrics)")
+    p.add_argument("--report-only", action="store_true", help="print the table of the runs on disk")
+    args = p.parse_args(argv)
+    import evaluate
+    import train
+
+    results: dict[tuple[str, int, str], dict] = {}
+    for name in args.variants:
+        for seed in args.seeds:
+            out = Path(args.out) / f"{name}-s{seed}"
+            if not args.report_only and not (out / "summary.json").is_file():
+                train.main(["--preset", "shapes", "--out", str(out), "--epochs", str(args.epochs), "--seed", str(seed),
+                            "--resume", "auto", "--no-progress", *VARIANTS[name]])
+            for split in SPLITS:
+                metrics = out / "eval" / f"metrics_{split}_beam3.json"
+                if not args.report_only and (out / "best.pt").is_file() and (args.rescore or not metrics.is_file()):
+                    evaluate.main(["--checkpoint", str(out / "best.pt"), "--split", split, "--out", str(out / "eval"),
+                                   "--no-meteor", "--no-progress"])
+                if metrics.is_file():
+                    results[(name, seed, split)] = json.loads(metrics.read_text())["metrics"]
+    for split in SPLITS:
+        print(f"\n{split} (beam 3; {args.epochs} epochs; seeds {' '.join(map(str, args.seeds))})\n")
+        print(f"| variant | runs | {' | '.join(KEYS)} |")
+        print("|---|---|" + "---|" * len(KEYS))
+        for name in args.variants:
+            runs = [results[(name, s, split)] for s in args.seeds if (name, s, split) in results]
+            if runs:
+                print(f"| {name} | {len(runs)} | " + " | ".join(_cell([r.get(k) for r in runs]) for k in KEYS) + " |")
+
+
+if __name__ == "__main__":
+    main()
