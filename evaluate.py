@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image of the split that cannot be read: 'empty' scores it as an empty caption "
                         "(it lowers the scores; the metrics say how many), 'error' refuses the run and names the files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--coco-instances", metavar="PATH",
+                   help="COCO instances JSON, e.g. annotations/instances_val2014.json: adds CHAIR_i / CHAIR_s / "
+                        "coco_object_recall (object hallucination, captioner.coco_chair)")
     add_data_args(p)
     return p
 
@@ -61,11 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     setup_logging()
+    from captioner.coco_chair import chair, load_instances
     from captioner.evaluation import decode_split, score_outputs, split_features
     from captioner.metrics import METRIC_KEYS
     from captioner.model import Captioner
     from captioner.runtime import resolve_device
 
+    # Read before decoding, so that a bad path fails at once.
+    instances = load_instances(args.coco_instances, "--coco-instances") if args.coco_instances else None
     device = resolve_device(args.device)
     model = Captioner.from_checkpoint(args.checkpoint, device)
     source = data_source(args)
@@ -87,6 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     scores, info = score_outputs(outputs, records, objects=source.objects.get(args.split),
                                  image_sizes=source.image_sizes.get(args.split),
                                  meteor=False if args.no_meteor else None)
+    if instances is not None:
+        texts = {r.image_id: outputs[r.image_id].text if r.image_id in outputs else "" for r in records}
+        chair_scores, info["chair"] = chair(texts, instances)
+        scores.update(chair_scores)
     info.update({"checkpoint": str(args.checkpoint), "dataset": source.name, "split": args.split,
                  "beam": args.beam, "max_len": args.max_len,
                  "search": "greedy" if args.beam == 1 else "batched beam search, length-normalised scores"})
