@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = Captioner.from_checkpoint(args.checkpoint, device)
     source = data_source(args)
     records = source.split(args.split)
+    if instances is not None and source.objects.get(args.split) is not None:
+        raise SystemExit("--coco-instances is for COCO images: on the shapes world CHAIR_i and CHAIR_s are measured "
+                         "exactly from each scene's objects, without it")
     if args.max_images:
         records = records[: args.max_images]
     progress = not args.no_progress

@@ -2,17 +2,24 @@
 
 This module owns:
 
-* the caption parser: `parse_objects` (the (colour, shape) objects a caption names, with
-  counts), `object_mentions` (which tokens name them) and `stated_relations` ("X [is] REL Y"
-  statements). It reads the generator's vocabulary (SHAPES, COLOURS, SIZES, NUMBER_WORDS,
-  RELATIONS, defined once in captioner.shapes) and checks relations with the generator's own
-  rule, `captioner.shapes.relation`.
-* the metrics: `scene_accuracy`, `relation_accuracy`, `box_coverage_grid` and
-  `attention_grounding`.
+* the caption parser. `parse_objects` (the (colour, shape) objects a caption names, with
+  counts) and `object_mentions` (which tokens name them) read noun phrases
+  "[a|an|the|one|two|..|a single] [small|large] colour shape(s)"; `noun_phrases` also returns the
+  colourless ones ("a circle"), which only the hallucination metrics use. `relation_statements`
+  reads every relation template of captioner.shapes (direct "A [is] REL B", the 3-object "... and C
+  REL it" and "B is REL A and REL C", pronoun "B with A to its left [and C above it]", positional
+  "A on the left [B in the middle] and C on the right") and `position_statements` the position of
+  a lone noun phrase ("there is a red circle in the top left"). The vocabulary (SHAPES, COLOURS,
+  SIZES, NUMBER_WORDS, RELATIONS, the pronoun phrases) and the rules statements are checked with
+  (`relation`, `position`) come from captioner.shapes, defined there once.
+* the metrics: `scene_accuracy`, `hallucination` (CHAIR_i, CHAIR_s of Rohrbach et al. 2018,
+  object_recall, count_error_rate), `relation_accuracy`, `position_accuracy`,
+  `box_coverage_grid` and `attention_grounding`.
 * `shapes_scores`, the one entry that computes every shapes-world score with its description
   (what evaluation reports), and `SHAPES_METRICS`, the ones training can select best.pt by.
 
-No IO at import; numpy only (no Java, no pycocoevalcap: captioner.metrics holds the COCO scorers).
+Nothing here raises on a junk caption or token list. No IO at import; numpy only (no Java, no
+pycocoevalcap: captioner.metrics holds the COCO scorers).
 """
 from __future__ import annotations
 
@@ -20,23 +27,43 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .shapes import COLOURS, NUMBER_WORDS, RELATIONS, SHAPES, SIZES, plural, relation
+from .shapes import (
+    _PRONOUN,
+    COLOURS,
+    IMAGE_SIZE,
+    NUMBER_WORDS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    _centre,
+    plural,
+    position,
+    relation,
+)
 
-# The scores `shapes_scores` returns that training can select best.pt by (all but grounding_chance,
-# a baseline). Each needs the objects of every image: only the shapes world has them.
-SHAPES_METRICS = ("scene_accuracy", "grounding", "relation_accuracy", "relation_rate")
+# The scores `shapes_scores` returns that training can select best.pt by: higher is better (not
+# grounding_chance, a baseline, nor CHAIR_i, CHAIR_s and count_error_rate, where lower is better).
+# Each needs the objects of every image: only the shapes world has them.
+SHAPES_METRICS = ("scene_accuracy", "grounding", "relation_accuracy", "relation_rate", "object_recall")
 
 # What `shapes_scores` puts in its info dict, one entry per measurement (under its main key).
 DESCRIPTIONS = {
-    "relation_accuracy": ("share of stated 'X [is] left of/right of/above/below Y' relations that are true; "
-                          "relation_rate: share of multi-object images whose caption states one"),
     "scene_accuracy": "share of images whose caption names exactly the colour-shape objects present",
     "grounding": ("mean share of a colour/shape word's attention inside the named object's box; "
                   "grounding_chance: mean share of the image those boxes cover"),
+    "relation_accuracy": ("share of stated relations (direct 'A [is] left of/right of/above/below B', pronoun "
+                          "'B with A to its left', positional 'A on the left and B on the right') that are true; "
+                          "relation_rate: share of multi-object images whose caption states one"),
+    "position_accuracy": "share of true 'in the top left'/'on the left'/'in the centre' claims about a lone object",
+    "CHAIR_i": "share of object mentions (colour-shape, or shape alone) naming no object of the image (lower: better)",
+    "CHAIR_s": "share of captions with at least one mention of an absent object (lower: better)",
+    "object_recall": "share of the scenes' objects the captions name with their colour and shape (with multiplicity)",
+    "count_error_rate": ("share of captions stating a number ('three shapes', 'two red circles', 'a single ...', "
+                         "'no objects') that state a wrong one (lower: better)"),
 }
 
 ParseFn = Callable[[Any], Counter]
@@ -49,6 +76,45 @@ MentionsFn = Callable[[list[str]], list[tuple[int, tuple[str, str]]]]
 
 _SHAPE_FORMS = {**{s: s for s in SHAPES}, **{plural(s): s for s in SHAPES}}
 _ARTICLES = {"a", "an", "the", "another"}
+_TOTAL_NOUNS = {"shapes", "objects", "shape", "object"}  # "three shapes", "no objects": a total count
+# Orderings along one axis (shapes._positional): phrase -> (axis or None, rank along it).
+_ORDER = {"on the left": (0, 0), "in the middle": (None, 1), "on the right": (0, 2),
+          "at the top": (1, 0), "at the bottom": (1, 2)}
+# Every phrase shapes.position can return ("in the top left", "on the left", "in the centre", ...).
+_POSITIONS = frozenset(position({"bbox": [IMAGE_SIZE * (2 * x + 1) / 6, IMAGE_SIZE * (2 * y + 1) / 6, 0, 0]})
+                       for x in range(3) for y in range(3))
+# Multi-word phrases -> (symbol, value), longest first: "above it" is a pronoun form, "above" a relation.
+_PHRASES = sorted([*((tuple(r.split()), ("r", r)) for r in RELATIONS),
+                   *((tuple(p.split()), ("p", r)) for r, p in _PRONOUN.items()),
+                   *((tuple(p.split()), ("o" if p in _ORDER else "x", p)) for p in set(_ORDER) | _POSITIONS)],
+                  key=lambda item: -len(item[0]))
+_WORDS = {"is": "i", "and": "a", "it": "t", "with": "w"}
+
+
+class Phrase(NamedTuple):
+    """A noun phrase: tokens [start, end); colour None when the caption gives none."""
+    start: int
+    end: int
+    colour: str | None
+    shape: str
+    size: str | None
+    count: int
+    counted: bool  # a number states the count ("two", "one", "a single"), not just an article
+    colour_idx: int  # -1 without a colour
+
+    @property
+    def key(self) -> tuple[str | None, str]:
+        return (self.colour, self.shape)
+
+
+class Statement(NamedTuple):
+    """subject `relation` object. form: "direct" or "pronoun" (checked with shapes.relation) or
+    "positional" (relation "to the left of" or "above": the subject's centre is left of / above the
+    object's along that axis)."""
+    form: str
+    subject: Phrase
+    relation: str
+    object: Phrase
 
 
 def _tokens(caption: str | Sequence[Any]) -> list[str]:
@@ -61,29 +127,38 @@ def _tokens(caption: str | Sequence[Any]) -> list[str]:
         return []
 
 
-def _scan(tokens: Sequence[str]) -> list[tuple[int, int, tuple[str, str], int]]:
-    """Find (colour_idx, shape_idx, (colour, shape), count) noun phrases.
+def noun_phrases(caption: str | Sequence[Any]) -> list[Phrase]:
+    """Every noun phrase [article | number | a single] [size words] [colour] [size words] shape.
 
-    A noun phrase is [article | number] [size words] colour [size words] shape;
-    any other word ends it, so a colour only binds to a shape in the same phrase.
+    Any other word ends a phrase, so a colour only binds to a shape in the same phrase; a shape
+    without a colour in its phrase is a colourless phrase ("a circle", "red and a circle").
     """
+    toks = _tokens(caption)
     found = []
-    count: int | None = None
-    colour: str | None = None
-    colour_idx = -1
-    for i, tok in enumerate(tokens):
-        if tok in NUMBER_WORDS or tok in _ARTICLES:
-            count, colour = NUMBER_WORDS.get(tok, 1), None
+    start = count = colour = size = None
+    counted, colour_idx = False, -1
+    for i, tok in enumerate(toks):
+        if tok in NUMBER_WORDS or tok in _ARTICLES or tok == "single":
+            if not (tok == "single" and i and toks[i - 1] in ("a", "an")):  # "a single": one phrase
+                start = i
+            count, colour, size = NUMBER_WORDS.get(tok, 1), None, None
+            counted = tok in NUMBER_WORDS or tok == "single"
         elif tok in SIZES:
-            continue
+            start, size = i if start is None else start, tok
         elif tok in COLOURS:
-            colour, colour_idx = tok, i
-        elif tok in _SHAPE_FORMS and colour is not None:
-            found.append((colour_idx, i, (colour, _SHAPE_FORMS[tok]), count or 1))
-            count, colour = None, None
+            start, colour, colour_idx = i if start is None else start, tok, i
         else:
-            count, colour = None, None
+            if tok in _SHAPE_FORMS:
+                found.append(Phrase(i if start is None else start, i + 1, colour, _SHAPE_FORMS[tok], size,
+                                    count or 1, counted, colour_idx if colour else -1))
+            start = count = colour = size = None
+            counted = False
     return found
+
+
+def _scan(tokens: Sequence[str]) -> list[tuple[int, int, tuple[str, str], int]]:
+    """(colour_idx, shape_idx, (colour, shape), count) of every noun phrase with a colour."""
+    return [(p.colour_idx, p.end - 1, p.key, p.count) for p in noun_phrases(tokens) if p.colour]
 
 
 def parse_objects(caption: str | Sequence[str]) -> Counter:
@@ -102,29 +177,92 @@ def object_mentions(tokens: Sequence[str]) -> list[tuple[int, tuple[str, str]]]:
     return mentions
 
 
-def stated_relations(tokens: str | Sequence[str]) -> list[tuple[tuple[str, str], str, tuple[str, str]]]:
-    """(subject, relation, object) for every "X [is] REL Y" in a caption, X and Y (colour, shape).
+def _symbols(toks: list[str]) -> list[tuple[str, Any]]:
+    """The caption as symbols: n noun phrase, r relation, p pronoun relation ("to its left"),
+    o ordering place ("on the left", "in the middle"), x other position ("in the top left"),
+    i "is", a "and", t "it", w "with", _ anything else."""
+    starts = {p.start: p for p in noun_phrases(toks)}
+    out: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(toks):
+        if i in starts:
+            out.append(("n", starts[i]))
+            i = starts[i].end
+            continue
+        for words, sym in _PHRASES:
+            if tuple(toks[i: i + len(words)]) == words:
+                out.append(sym)
+                i += len(words)
+                break
+        else:
+            out.append((_WORDS.get(toks[i], "_"), toks[i]))
+            i += 1
+    return out
 
-    Only the direct form is read ("a red circle is to the left of a blue square"); pronoun forms
-    ("... with a red circle to its left") are not, so this undercounts stated relations.
-    """
-    toks = _tokens(tokens)
-    spans = [(c_idx, s_idx, key) for c_idx, s_idx, key, _ in _scan(toks)]
-    found = []
-    for rel in RELATIONS:
-        words = rel.split()
-        for p in range(len(toks) - len(words) + 1):
-            if toks[p: p + len(words)] != words:
-                continue
-            before = [sp for sp in spans if sp[1] < p]
-            after = [sp for sp in spans if sp[0] >= p + len(words)]
-            if not before or not after:
-                continue
-            subj, obj = before[-1], after[0]
-            gap = toks[subj[1] + 1: p]
-            if gap in ([], ["is"]) and obj[0] <= p + len(words) + 3:  # X [is] REL (a|small ...) Y
-                found.append((subj[2], rel, obj[2]))
-    return found
+
+# Templates over the symbol string. _IT and _SECOND continue the statement before them.
+_DIRECT, _WITH = re.compile(r"ni?rn"), re.compile(r"nwnp")  # "A [is] REL B", "B with A to its left"
+_IT = re.compile(r"an(?:p|i?rt)")  # "and C above it", "and C [is] to the left of it": C REL the last referent
+_SECOND = re.compile(r"ai?rn")  # "(B is REL A) and REL C": the last subject REL C
+_ORDERING = re.compile(r"no(?:a?no)+")  # "A on the left [B in the middle] and C on the right"
+
+
+def _ordering(items: list[tuple[Phrase, str]]) -> list[Statement]:
+    """Consecutive pairs of an ordering along one axis, as positional statements."""
+    axes = {_ORDER[place][0] for _, place in items} - {None}
+    if len(axes) != 1:  # all "in the middle", or left/right mixed with top/bottom: no order stated
+        return []
+    rel = "to the left of" if axes.pop() == 0 else "above"
+    ranked = sorted(items, key=lambda item: _ORDER[item[1]][1])
+    return [Statement("positional", a, rel, b) for (a, pa), (b, pb) in zip(ranked, ranked[1:])
+            if _ORDER[pa][1] < _ORDER[pb][1]]
+
+
+def relation_statements(caption: str | Sequence[Any]) -> list[Statement]:
+    """Every relation a caption states, in any template of the world's captions; never raises."""
+    syms = _symbols(_tokens(caption))
+    kinds = "".join(k for k, _ in syms)
+    out: list[Statement] = []
+    last: tuple[str, Phrase, Phrase] | None = None  # (form, subject, what "it"/"its" refers to)
+    i = 0
+    while i < len(syms):
+        m = (_DIRECT.match(kinds, i) or _WITH.match(kinds, i) or (last and _IT.match(kinds, i))
+             or (last and last[0] == "direct" and _SECOND.match(kinds, i)) or _ORDERING.match(kinds, i))
+        if not m:
+            last, i = None, i + 1
+            continue
+        span, i = syms[m.start(): m.end()], m.end()
+        nps = [v for k, v in span if k == "n"]
+        rel = next((v for k, v in span if k in "rp"), "")
+        if m.re is _DIRECT:
+            last = ("direct", nps[0], nps[1])
+            out.append(Statement("direct", nps[0], rel, nps[1]))
+        elif m.re is _WITH:  # "B with A to its left": A is to the left of B
+            last = ("pronoun", nps[1], nps[0])
+            out.append(Statement("pronoun", nps[1], rel, nps[0]))
+        elif m.re is _IT:
+            out.append(Statement(last[0], nps[0], rel, last[2]))
+        elif m.re is _SECOND:
+            out.append(Statement("direct", last[1], rel, nps[0]))
+        else:
+            last = None
+            out += _ordering([(v, span[j + 1][1]) for j, (k, v) in enumerate(span) if k == "n"])
+    return out
+
+
+def stated_relations(tokens: str | Sequence[Any]) -> list[tuple[tuple[str | None, str], str, tuple[str | None, str]]]:
+    """(subject, relation, object), each (colour, shape), of the direct and pronoun statements of
+    relation_statements (the first parser's answer; relation_statements also has the forms)."""
+    return [(s.subject.key, s.relation, s.object.key) for s in relation_statements(tokens) if s.form != "positional"]
+
+
+def position_statements(caption: str | Sequence[Any]) -> list[tuple[Phrase, str]]:
+    """(phrase, position) for each shapes.position phrase of a caption naming exactly one noun phrase."""
+    syms = _symbols(_tokens(caption))
+    nps = [v for k, v in syms if k == "n"]
+    if len(nps) != 1:
+        return []
+    return [(nps[0], v) for k, v in syms if k in "ox" and v in _POSITIONS]
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,6 +278,30 @@ def _check_same_ids(a: Mapping, b: Mapping, name_a: str, name_b: str) -> None:
         missing = sorted(set(b) - set(a), key=repr)[:10]
         extra = sorted(set(a) - set(b), key=repr)[:10]
         raise ValueError(f"{name_a} and {name_b} ids differ: missing {missing}, extra {extra}")
+
+
+def _matches(phrase: Phrase, objs: Sequence[Mapping]) -> list[int]:
+    """Indices of the objects a phrase can name: its colour (if given) and shape; its size too
+    when the phrase states one and some of those objects have it."""
+    found = [j for j, o in enumerate(objs) if o["shape"] == phrase.shape and phrase.colour in (None, o["colour"])]
+    sized = [j for j in found if phrase.size is not None and objs[j].get("size") == phrase.size]
+    return sized or found
+
+
+def statement_holds(st: Statement, objs: Sequence[Mapping]) -> bool:
+    """True when some assignment of distinct matching objects makes the statement true (so a
+    statement about an absent object is false)."""
+    for a in _matches(st.subject, objs):
+        for b in _matches(st.object, objs):
+            if a == b:
+                continue
+            if st.form == "positional":
+                axis = 0 if st.relation == "to the left of" else 1
+                if _centre(objs[a])[axis] < _centre(objs[b])[axis]:
+                    return True
+            elif relation(objs[a], objs[b]) == st.relation:
+                return True
+    return False
 
 
 def scene_accuracy(
@@ -165,30 +327,87 @@ def scene_accuracy(
     return hits / len(objects)
 
 
-def relation_accuracy(predictions: dict[int, str], objects: dict[int, list[dict]]) -> dict[str, float]:
-    """How often generated captions state a spatial relation, and how often it is right.
+def _count_errors(toks: list[str], phrases: list[Phrase], objs: Sequence[Mapping]) -> list[bool]:
+    """One entry per number the caption states, True when it is wrong. A total ("three shapes",
+    "no objects") must equal the number of objects; a group ("two red circles", "a single red
+    circle") the number of objects of its colour-shape (or of its colour-shape-size when the phrase
+    has a size); groups naming no object of the image are skipped (CHAIR counts them)."""
+    wrong = [(0 if t == "no" else NUMBER_WORDS[t]) != len(objs) for t, nxt in zip(toks, toks[1:])
+             if (t in NUMBER_WORDS or t == "no") and nxt in _TOTAL_NOUNS]
+    for p in phrases:
+        same = [o for o in objs if o["shape"] == p.shape and p.colour in (None, o["colour"])]
+        if p.counted and same:
+            sized = sum(o.get("size") == p.size for o in same)
+            wrong.append(p.count != len(same) and not (p.size and p.count == sized))
+    return wrong
 
-    Reads "X [is] REL Y" statements (stated_relations); one is checked when X and Y each name
-    exactly one object in the image, against the same centre rule the world's captions were
-    written with (captioner.shapes.relation). Returns relation_accuracy (NaN when nothing was checkable),
-    relations_checked, and relation_rate: the share of multi-object images whose caption states
-    at least one relation in that form.
+
+def hallucination(predictions: Mapping[Any, Any], objects: Mapping[Any, Sequence[Mapping]]) -> dict[str, Any]:
+    """What captions name that is not there, and what they leave out or miscount.
+
+    CHAIR_i: mentions (noun phrases, by colour and shape, or by shape alone when they give no
+    colour) matching no object of the image, over all mentions (NaN without mentions).
+    CHAIR_s: captions with such a mention, over all captions. object_recall: per image and
+    (colour, shape), min(objects, number named), summed, over all objects (NaN without objects).
+    count_error_rate: captions stating a wrong number (_count_errors) over captions stating one
+    (counts_stated; NaN when none). Also object_mentions and hallucinated_mentions.
     """
     _check_same_ids(predictions, objects, "predictions", "objects")
-    checked = right = multi = stating = 0
+    n: Counter = Counter()
     for img_id, objs in objects.items():
-        stated = stated_relations(predictions[img_id])
+        toks = _tokens(predictions[img_id])
+        phrases = noun_phrases(toks)
+        absent = sum(not _matches(p, objs) for p in phrases)
+        stated, truth = parse_objects(toks), Counter(_object_key(o) for o in objs)
+        errors = _count_errors(toks, phrases, objs)
+        n.update(mentions=len(phrases), hallucinated=absent, bad_captions=absent > 0, objects=len(objs),
+                 named=sum(min(k, stated[key]) for key, k in truth.items()), stating=bool(errors),
+                 miscounting=any(errors))
+    nan = float("nan")
+    return {"CHAIR_i": n["hallucinated"] / n["mentions"] if n["mentions"] else nan,
+            "CHAIR_s": n["bad_captions"] / len(objects) if objects else nan,
+            "object_recall": n["named"] / n["objects"] if n["objects"] else nan,
+            "count_error_rate": n["miscounting"] / n["stating"] if n["stating"] else nan,
+            "object_mentions": n["mentions"], "hallucinated_mentions": n["hallucinated"], "counts_stated": n["stating"]}
+
+
+def relation_accuracy(predictions: Mapping[Any, Any], objects: Mapping[Any, Sequence[Mapping]]) -> dict[str, Any]:
+    """How often generated captions state a spatial relation, and how often it is right.
+
+    Reads every relation statement (relation_statements): direct and pronoun forms are checked
+    with the rule the world's captions were written with (captioner.shapes.relation, the dominant
+    axis of the centres), positional ones by the order of the centres along their axis; true when
+    some assignment of distinct matching objects makes it true (statement_holds). Returns
+    relation_accuracy (true over all statements; NaN when none), relations_checked,
+    relations_by_form ({"direct", "pronoun", "positional"}: statements of each) and relation_rate:
+    the share of multi-object images whose caption states at least one relation.
+    """
+    _check_same_ids(predictions, objects, "predictions", "objects")
+    by_form = dict.fromkeys(("direct", "pronoun", "positional"), 0)
+    right = multi = stating = 0
+    for img_id, objs in objects.items():
+        stated = relation_statements(predictions[img_id])
         if len(objs) > 1:
-            multi += 1
-            stating += bool(stated)
-        for subj, rel, obj in stated:
-            a = [o for o in objs if _object_key(o) == subj]
-            b = [o for o in objs if _object_key(o) == obj]
-            if len(a) == 1 and len(b) == 1 and a[0] is not b[0]:
-                checked += 1
-                right += relation(a[0], b[0]) == rel
-    return {"relation_accuracy": right / checked if checked else float("nan"),
-            "relations_checked": checked, "relation_rate": stating / multi if multi else float("nan")}
+            multi, stating = multi + 1, stating + bool(stated)
+        for st in stated:
+            by_form[st.form] += 1
+            right += statement_holds(st, objs)
+    checked = sum(by_form.values())
+    return {"relation_accuracy": right / checked if checked else float("nan"), "relations_checked": checked,
+            "relation_rate": stating / multi if multi else float("nan"), "relations_by_form": by_form}
+
+
+def position_accuracy(predictions: Mapping[Any, Any], objects: Mapping[Any, Sequence[Mapping]]) -> dict[str, Any]:
+    """Share of position claims about a lone noun phrase ("a single red circle in the top left")
+    that shapes.position confirms for some matching object; position_accuracy (NaN when none)
+    and positions_checked."""
+    _check_same_ids(predictions, objects, "predictions", "objects")
+    checked = right = 0
+    for img_id, objs in objects.items():
+        for phrase, place in position_statements(predictions[img_id]):
+            checked += 1
+            right += any(position(objs[j]) == place for j in _matches(phrase, objs))
+    return {"position_accuracy": right / checked if checked else float("nan"), "positions_checked": checked}
 
 
 def box_coverage_grid(
@@ -311,28 +530,37 @@ def shapes_scores(
     """Every shapes-world score of a set of generated captions, and what they mean.
 
     predictions: image id -> caption, for every image scored ("" for one that could not be read):
-        scene accuracy and relations are computed over all of them.
+        every score but grounding is computed over all of them.
     words, alphas: image id -> the caption's words and their attention ((T, h, w), or (T, h*w)
         with a square grid), for the images that have an output (a subset of predictions):
         grounding is computed over those.
-    objects: image id -> the image's objects ({"colour", "shape", "bbox", ...}); it may hold
+    objects: image id -> the image's objects ({"colour", "shape", "size", "bbox", ...}); it may hold
         other images too, and an image of predictions without an entry has no objects.
     image_sizes: image id -> (W, H), the frame of the boxes; needed for every id of words.
 
     Returns (scores, info). scores: scene_accuracy, grounding, grounding_chance,
-    relation_accuracy, relation_rate (NaN where nothing could be measured). info: the counts
-    relations_checked and grounding_words, and DESCRIPTIONS (keyed scene_accuracy, grounding,
-    relation_accuracy; each also describes the score paired with it).
+    relation_accuracy, relation_rate, position_accuracy, object_recall, CHAIR_i, CHAIR_s,
+    count_error_rate (NaN where nothing could be measured). info: the counts relations_checked,
+    relations_by_form, positions_checked, grounding_words, object_mentions, hallucinated_mentions
+    and counts_stated, and DESCRIPTIONS (keyed by score; an entry may describe a paired score too).
     """
     objs = {i: objects.get(i, []) for i in predictions}
     seen = list(words)  # attention exists only for images that were read
     g = attention_grounding({i: words[i] for i in seen}, {i: alphas[i] for i in seen},
                             {i: objs[i] for i in seen}, {i: image_sizes[i] for i in seen})
-    rel = relation_accuracy(predictions, objs)
+    rel, pos, hal = relation_accuracy(predictions, objs), position_accuracy(predictions, objs), \
+        hallucination(predictions, objs)
     scores = {"scene_accuracy": scene_accuracy(predictions, objs),
               "grounding": g["grounding"], "grounding_chance": g["grounding_chance"],
-              "relation_accuracy": rel["relation_accuracy"], "relation_rate": rel["relation_rate"]}
-    info = {"relations_checked": rel["relations_checked"], "relation_accuracy": DESCRIPTIONS["relation_accuracy"],
-            "grounding_words": g["grounding_words"], "scene_accuracy": DESCRIPTIONS["scene_accuracy"],
-            "grounding": DESCRIPTIONS["grounding"]}
+              "relation_accuracy": rel["relation_accuracy"], "relation_rate": rel["relation_rate"],
+              "position_accuracy": pos["position_accuracy"], "object_recall": hal["object_recall"],
+              "CHAIR_i": hal["CHAIR_i"], "CHAIR_s": hal["CHAIR_s"], "count_error_rate": hal["count_error_rate"]}
+    by_count: dict[int, dict] = {}
+    for i, o in objs.items():
+        by_count.setdefault(len(o), {})[i] = o
+    info = {"scene_accuracy_by_objects": {n: scene_accuracy({i: predictions[i] for i in group}, group)
+                                          for n, group in sorted(by_count.items())},
+            "relations_checked": rel["relations_checked"], "relations_by_form": rel["relations_by_form"],
+            "positions_checked": pos["positions_checked"], "grounding_words": g["grounding_words"],
+            **{k: hal[k] for k in ("object_mentions", "hallucinated_mentions", "counts_stated")}, **DESCRIPTIONS}
     return scores, info

@@ -55,8 +55,8 @@ SIZES = ("small", "large")
 # Each colour name is a range of shades around a centre hue (degrees), far apart in hue
 # ("purple" is magenta-like so that it never reads as blue), with its own brightness range
 # (a dark yellow would read as olive); saturation is drawn from SATURATION.
-COLOUR_HSV = {"red": (0, (0.6, 0.95)), "yellow": (52, (0.82, 1.0)), "green": (129, (0.45, 0.85)),
-              "cyan": (183, (0.65, 0.95)), "blue": (230, (0.6, 1.0)), "purple": (300, (0.55, 0.9))}
+COLOUR_HSV = {"red": (0, (0.6, 1.0)), "yellow": (52, (0.82, 1.0)), "green": (129, (0.45, 0.85)),
+              "cyan": (183, (0.65, 1.0)), "blue": (230, (0.6, 1.0)), "purple": (300, (0.45, 0.9))}
 SATURATION = (0.6, 1.0)
 SIDE_RANGE = {"small": (30, 42), "large": (64, 84)}  # side of the object's square cell, px (training)
 NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
@@ -73,10 +73,10 @@ EMPTY_SHARE = 0.05  # scenes with no object (not in test_novel, whose scenes hol
 # test_shift scene with probability `shift_p` each (the background always), so that scenes mix them.
 STYLES = {
     "train": {"backgrounds": ("noise", "stripes", "checkerboard", "gradient", "blotches", "flat"),
-              "hue_offset": (0, 8), "rotation": (0, 8), "blur_p": 0.3, "blur": (0.3, 0.8),
+              "hue_offset": (0, 10), "rotation": (0, 8), "blur_p": 0.3, "blur": (0.3, 0.8),
               "sides": {"small": [(30, 42)], "large": [(64, 84)]}, "jpeg": None, "noise": None},
     "shift": {"backgrounds": ("dots", "waves", "radial", "bricks"), "shift_p": 0.5,
-              "hue_offset": (8, 13), "rotation": (8, 20), "blur": (1.0, 1.6), "jpeg": (15, 40),
+              "hue_offset": (10, 15), "rotation": (8, 20), "blur": (1.0, 1.6), "jpeg": (15, 40),
               "noise": (6, 14), "sides": {"small": [(22, 29), (43, 52)], "large": [(53, 62), (86, 100)]}},
 }
 _COUNT_WORD = {v: k for k, v in NUMBER_WORDS.items()}
@@ -250,7 +250,7 @@ def _signed(rng: np.random.Generator, magnitude: tuple[float, float]) -> float:
     return float(rng.uniform(*magnitude) * rng.choice([-1, 1]))
 
 
-def shade(rng: np.random.Generator, colour: str, hue_offset: tuple[float, float] = (0, 8)) -> np.ndarray:
+def shade(rng: np.random.Generator, colour: str, hue_offset: tuple[float, float] = (0, 10)) -> np.ndarray:
     """An RGB shade (0..255) of a colour name: its centre hue moved by hue_offset degrees either way."""
     centre, (v_lo, v_hi) = COLOUR_HSV[colour]
     hue = (centre + _signed(rng, hue_offset)) / 360 % 1.0

@@ -50,9 +50,9 @@ def shapes_source(root: str | os.PathLike = "data/shapes", seed: int = 0, genera
         inst = root / "annotations" / f"instances_{s}.json"
         objects[s] = shapes.load_objects(inst)
         sizes_[s] = _image_sizes(inst)
-    # The world's identity (version, seed, sizes) is in the name: image ids and files of a regenerated
-    # world at the same path must never be served another world's cached features.
-    ident = hashlib.sha1(json.dumps([world.get("version"), world["seed"], world.get("sizes")]).encode()).hexdigest()[:6]
+    # The world's identity (world.json: version, seed, sizes, rendering settings) is in the name: image ids
+    # and files of a regenerated world at the same path must never be served another world's cached features.
+    ident = hashlib.sha1(json.dumps(world, sort_keys=True).encode()).hexdigest()[:6]
     return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}-w{ident}", splits, objects, sizes_)
 
 

@@ -128,7 +128,7 @@ class TrainConfig:
     val_split: str = option("val", "the split validation decodes")
     val_metric: str = option("CIDEr", "validation metric for best.pt and early stopping, from beam-search decoding: "
                                       "BLEU-1..4, METEOR, ROUGE-L, CIDEr, nltk_BLEU-1..4, or on the shapes world "
-                                      "scene_accuracy, grounding, relation_accuracy, relation_rate")
+                                      "scene_accuracy, grounding, relation_accuracy, relation_rate, object_recall")
     val_beam: int = option(3, "beam width of validation decoding")
     val_max_len: int = option(DEFAULT_MAX_LEN, "most tokens decoded per validation caption, <end> included")
     patience: int = option(5, "stop after this many epochs without improvement (0: never)")

@@ -1,7 +1,9 @@
 """Tests for captioner.scene_metrics: the caption parser, the shapes-world metrics (scene accuracy,
-relations, box coverage, attention grounding) and shapes_scores, the entry evaluation uses."""
+hallucination (CHAIR, recall, counts), relations and positions, box coverage, attention grounding),
+shapes_scores, the entry evaluation uses, and the world's own references read back as true."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from captioner import scene_metrics as S
+from captioner import shapes
 from captioner.scene_metrics import object_mentions, parse_objects
 
 # ---------------------------------------------------------------- the caption parser
@@ -244,9 +247,13 @@ def test_relation_accuracy_on_hand_made_scenes():
     preds[2] = "a large green star and a small cyan cross"
     r = S.relation_accuracy(preds, objs)
     assert r["relation_accuracy"] == 1.0 and r["relation_rate"] == pytest.approx(0.5)
-    preds[1] = "a small purple circle is to the left of a large blue square"  # names an absent object
+    preds[1] = "a small purple circle is to the left of a large blue square"  # names an absent object: false
     r = S.relation_accuracy(preds, objs)
-    assert r["relations_checked"] == 0 and math.isnan(r["relation_accuracy"])
+    assert r["relations_checked"] == 1 and r["relation_accuracy"] == 0.0
+    assert r["relations_by_form"] == {"direct": 1, "pronoun": 0, "positional": 0}
+    preds[1] = "a small red circle"
+    r = S.relation_accuracy(preds, objs)
+    assert r["relations_checked"] == 0 and math.isnan(r["relation_accuracy"]) and r["relation_rate"] == 0.0
 
 
 # ---------------------------------------------------------------- shapes_scores: all of them
@@ -263,16 +270,28 @@ def test_shapes_scores_is_the_metrics_together():
     sizes = {i: (100, 100) for i in (1, 2, 3)} | {4: (224, 224)}
     scores, info = S.shapes_scores(preds, words, alphas, objs, sizes)
 
-    assert list(scores) == ["scene_accuracy", "grounding", "grounding_chance", "relation_accuracy", "relation_rate"]
-    assert set(S.SHAPES_METRICS) <= set(scores) and "grounding_chance" not in S.SHAPES_METRICS
+    assert list(scores) == ["scene_accuracy", "grounding", "grounding_chance", "relation_accuracy", "relation_rate",
+                            "position_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate"]
+    assert set(S.SHAPES_METRICS) <= set(scores) and "object_recall" in S.SHAPES_METRICS
+    # best.pt is selected by a higher-is-better score: no baseline, no error rate
+    assert not {"grounding_chance", "CHAIR_i", "CHAIR_s", "count_error_rate"} & set(S.SHAPES_METRICS)
     assert scores["scene_accuracy"] == S.scene_accuracy(preds, objs) == 0.5
     rel = S.relation_accuracy(preds, objs)
     assert scores["relation_accuracy"] == rel["relation_accuracy"] == 1.0
     assert scores["relation_rate"] == rel["relation_rate"] == pytest.approx(1 / 3)  # images 1, 2 and 4; 4 states one
     g = S.attention_grounding(words, alphas, {i: objs[i] for i in words}, {i: sizes[i] for i in words})
     assert scores["grounding"] == g["grounding"] and scores["grounding_chance"] == g["grounding_chance"]
-    assert info == {"relations_checked": 1, "grounding_words": g["grounding_words"], **S.DESCRIPTIONS}
-    assert set(S.DESCRIPTIONS) == {"scene_accuracy", "grounding", "relation_accuracy"}
+    hal = S.hallucination(preds, objs)
+    # mentions: 2 + 1 + 0 + 2, none absent; recall: (3 + 1 + 0 + 2) / (3 + 2 + 1 + 2); "two blue squares" is right
+    assert hal["CHAIR_i"] == scores["CHAIR_i"] == 0.0 and scores["CHAIR_s"] == 0.0
+    assert scores["object_recall"] == hal["object_recall"] == pytest.approx(6 / 8)
+    assert scores["count_error_rate"] == 0.0 and math.isnan(scores["position_accuracy"])
+    assert info == {"relations_checked": 1, "relations_by_form": {"direct": 1, "pronoun": 0, "positional": 0},
+                    "positions_checked": 0, "grounding_words": g["grounding_words"], "object_mentions": 5,
+                    "hallucinated_mentions": 0, "counts_stated": 1, **S.DESCRIPTIONS}
+    assert set(S.DESCRIPTIONS) == {"scene_accuracy", "grounding", "relation_accuracy", "position_accuracy",
+                                   "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate"}
+    assert all(isinstance(d, str) and d for d in S.DESCRIPTIONS.values())
 
 
 def test_shapes_scores_objects_of_other_images_and_images_without_objects():
@@ -286,7 +305,295 @@ def test_shapes_scores_objects_of_other_images_and_images_without_objects():
     assert scores["grounding"] == pytest.approx(0.25) and info["grounding_words"] == 2
     assert math.isnan(scores["relation_accuracy"]) and math.isnan(scores["relation_rate"])
     assert info["relations_checked"] == 0
+    # image 2 has no objects and names none: nothing hallucinated; image 1's red circle is named
+    assert scores["CHAIR_i"] == 0.0 and scores["CHAIR_s"] == 0.0 and scores["object_recall"] == 1.0
 
     nothing_read, info = S.shapes_scores({1: ""}, {}, {}, RED_TOP_LEFT, {})
     assert nothing_read["scene_accuracy"] == 0.0 and math.isnan(nothing_read["grounding"])
     assert info["grounding_words"] == 0
+
+
+# ---------------------------------------------------------------- noun phrases (colourless ones too)
+
+
+def test_noun_phrases_report_colourless_shapes_and_stated_numbers():
+    ps = S.noun_phrases("a single small red circle and a circle and two large squares and a red")
+    assert [(p.colour, p.shape, p.size, p.count, p.counted) for p in ps] == [
+        ("red", "circle", "small", 1, True), (None, "circle", None, 1, False), (None, "square", "large", 2, True)]
+    assert [(p.start, p.end) for p in ps] == [(0, 5), (6, 8), (9, 12)]
+    # ... while parse_objects and object_mentions still read colour-shape phrases only
+    assert parse_objects("a red and a circle and two squares") == Counter()
+    assert object_mentions(["a", "circle"]) == []
+    for junk in ([None, 3, "red", b"circle"], 42, None, "", "<unk> of of"):
+        assert isinstance(S.noun_phrases(junk), list)
+
+
+# ---------------------------------------------------------------- hallucination: CHAIR, recall, counts
+
+RC = obj("red", "circle", [30, 102, 20, 20])  # small, centre (40, 112)
+BS = obj("blue", "square", [87, 87, 50, 50], "large")  # centre (112, 112)
+TWO = [RC, BS]
+THREE_RC = [obj("red", "circle", [10, 10, 20, 20]), obj("red", "circle", [60, 10, 20, 20]),
+            obj("red", "circle", [120, 120, 70, 70], "large")]
+
+
+@pytest.mark.parametrize("objs, caption, mentions, hallucinated, recall, counted, miscounted", [
+    ([], "there are no shapes", 0, 0, None, 1, 0),  # "no shapes": a total of 0, right
+    ([], "an empty striped background", 0, 0, None, 0, 0),
+    ([], "a red circle", 1, 1, None, 0, 0),
+    ([], "two shapes", 0, 0, None, 1, 1),  # a total of 2 in an empty scene
+    ([RC], "a single red circle in the top left", 1, 0, 1.0, 1, 0),
+    ([RC], "there are two objects a red circle", 1, 0, 1.0, 1, 1),  # total 2 != 1
+    ([RC], "a circle", 1, 0, 0.0, 0, 0),  # grounded by shape alone, but names no colour: not recalled
+    ([RC], "a blue circle", 1, 1, 0.0, 0, 0),
+    ([RC], "a triangle", 1, 1, 0.0, 0, 0),
+    (TWO, "a red circle and a green star", 2, 1, 0.5, 0, 0),
+    (TWO, "two red circles and a blue square", 2, 0, 1.0, 1, 1),  # group 2 != 1 red circle
+    (TWO, "two green stars", 1, 1, 0.0, 0, 0),  # a group of absent objects: CHAIR's, not counted
+    (TWO, "three shapes a red circle and a blue square", 2, 0, 1.0, 1, 1),
+    (TWO, "there are two objects a red circle and a blue square", 2, 0, 1.0, 1, 0),
+    (TWO, "one circle and one square", 2, 0, 0.0, 1, 0),  # colourless groups: by shape
+    (THREE_RC, "two small red circles and a large red circle", 2, 0, 1.0, 1, 0),  # 2 small ones: right
+    (THREE_RC, "two red circles", 1, 0, 2 / 3, 1, 1),  # 2 != 3 red circles
+    (THREE_RC, "three red circles", 1, 0, 1.0, 1, 0),
+])
+def test_hallucination_cases(objs, caption, mentions, hallucinated, recall, counted, miscounted):
+    h = S.hallucination({1: caption}, {1: objs})
+    assert (h["object_mentions"], h["hallucinated_mentions"], h["counts_stated"]) == (mentions, hallucinated, counted)
+    assert h["CHAIR_i"] == (hallucinated / mentions) if mentions else math.isnan(h["CHAIR_i"])
+    assert h["CHAIR_s"] == float(hallucinated > 0)
+    assert h["object_recall"] == pytest.approx(recall) if recall is not None else math.isnan(h["object_recall"])
+    assert h["count_error_rate"] == miscounted if counted else math.isnan(h["count_error_rate"])
+
+
+def test_hallucination_over_a_set_and_empty_scenes():
+    objs = {1: [], 2: [], 3: TWO, 4: TWO, 5: THREE_RC, 6: THREE_RC}
+    preds = {1: "there are no shapes",  # 0 mentions; total 0: right
+             2: "a red circle",  # 1 mention, hallucinated
+             3: "a red circle and a green star",  # 2 mentions, 1 hallucinated; recalls 1 of 2
+             4: "three shapes a circle and a blue square",  # 2 grounded mentions; recalls 1; total 3: wrong
+             5: "two small red circles and a large red circle",  # 2 grounded; recalls 3; group right
+             6: "two red circles"}  # 1 grounded; recalls 2 of 3; group wrong
+    h = S.hallucination(preds, objs)
+    assert h["object_mentions"] == 8 and h["hallucinated_mentions"] == 2
+    assert h["CHAIR_i"] == pytest.approx(2 / 8) and h["CHAIR_s"] == pytest.approx(2 / 6)
+    assert h["object_recall"] == pytest.approx((1 + 1 + 3 + 2) / 10)
+    assert h["counts_stated"] == 4 and h["count_error_rate"] == pytest.approx(2 / 4)  # images 1, 4, 5, 6
+    # the empty scene captioned as empty counts right in scene accuracy; the hallucinated one does not
+    assert S.scene_accuracy({1: preds[1], 2: preds[2]}, {1: [], 2: []}) == 0.5
+    nothing = S.hallucination({}, {})
+    assert all(math.isnan(nothing[k]) for k in ("CHAIR_i", "CHAIR_s", "object_recall", "count_error_rate"))
+    junk = S.hallucination({1: [None, 3, b"x"], 2: 42}, {1: TWO, 2: []})
+    assert junk["object_mentions"] == 0 and junk["object_recall"] == 0.0
+    with pytest.raises(ValueError):
+        S.hallucination({1: "a red circle"}, {1: [], 2: []})
+
+
+# ---------------------------------------------------------------- relations in every form
+
+GS = obj("green", "star", [140, 20, 20, 20])  # centre (150, 30): above the square, right of both in x
+THREE = [RC, BS, GS]
+# shapes.relation: red circle to the left of the blue square; green star above the blue square (and
+# right of the red circle); along x alone: red circle (40) < blue square (112) < green star (150).
+RED_PAIR = [obj("red", "circle", [30, 102, 20, 20]), obj("red", "circle", [150, 80, 64, 64], "large")]
+
+
+_REL = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+
+
+@pytest.mark.parametrize("objs, caption, expected", [
+    # expected: "form subject-colour relation object-colour truth" per statement
+    # direct "A REL B", "A is REL B"; a statement about an absent object is false
+    (TWO, "a red circle to the left of a blue square", ["direct red left blue 1"]),
+    (TWO, "a small red circle is to the right of a large blue square", ["direct red right blue 0"]),
+    (TWO, "a purple circle to the left of a blue square", ["direct purple left blue 0"]),
+    # 3 objects: "A REL B and C REL it" ("it" = B)
+    (THREE, "a red circle to the left of a blue square and a green star above it",
+     ["direct red left blue 1", "direct green above blue 1"]),
+    (THREE, "a red circle to the left of a blue square and a green star below it",
+     ["direct red left blue 1", "direct green below blue 0"]),
+    (THREE, "a red circle to the left of a blue square and a green star is to the right of it",
+     ["direct red left blue 1", "direct green right blue 0"]),
+    # 3 objects: "B is REL A and REL C" (the second statement's subject is B)
+    (THREE, "a blue square is to the right of a red circle and below a green star",
+     ["direct blue right red 1", "direct blue below green 1"]),
+    (THREE, "a blue square is to the right of a red circle and above a green star",
+     ["direct blue right red 1", "direct blue above green 0"]),
+    # pronoun: "B with A to its left" = A to the left of B, and "... and C above it"
+    (TWO, "a blue square with a red circle to its left", ["pronoun red left blue 1"]),
+    (TWO, "a blue square with a red circle to its right", ["pronoun red right blue 0"]),
+    (THREE, "a blue square with a red circle to its left and a green star above it",
+     ["pronoun red left blue 1", "pronoun green above blue 1"]),
+    (THREE, "a blue square with a red circle to its left and a green star below it",
+     ["pronoun red left blue 1", "pronoun green below blue 0"]),
+    # positional: the order of the centres along one axis, one statement per consecutive pair
+    (TWO, "a red circle on the left and a blue square on the right", ["positional red left blue 1"]),
+    (TWO, "a blue square on the left and a red circle on the right", ["positional blue left red 0"]),
+    (THREE, "a red circle on the left a blue square in the middle and a green star on the right",
+     ["positional red left blue 1", "positional blue left green 1"]),
+    (THREE, "a red circle on the left a green star in the middle and a blue square on the right",
+     ["positional red left green 1", "positional green left blue 0"]),
+    (THREE, "a green star at the top and a red circle at the bottom", ["positional green above red 1"]),
+    (THREE, "a blue square at the top and a green star at the bottom", ["positional blue above green 0"]),
+    # the order along x holds where the dominant-axis rule of the direct form says "below"
+    (THREE, "a blue square on the left and a green star on the right", ["positional blue left green 1"]),
+    (THREE, "a blue square to the left of a green star", ["direct blue left green 0"]),
+    # sizes pick one of two red circles; without a size, some assignment of distinct objects will do
+    (RED_PAIR, "a small red circle to the left of a large red circle", ["direct red left red 1"]),
+    (RED_PAIR, "a large red circle to the left of a small red circle", ["direct red left red 0"]),
+    (RED_PAIR, "a red circle to the right of a red circle", ["direct red right red 1"]),
+    (RED_PAIR, "a large red circle with a small red circle to its right", ["pronoun red right red 0"]),
+    (RED_PAIR, "a large red circle on the left and a small red circle on the right", ["positional red left red 0"]),
+    (RED_PAIR, "a red circle on the left and a red circle on the right", ["positional red left red 1"]),
+    ([RC], "a red circle to the left of a red circle", ["direct red left red 0"]),  # one object: no distinct pair
+    # a size no matching object has does not decide: the colour-shape does
+    (TWO, "a large red circle to the left of a small blue square", ["direct red left blue 1"]),
+    # no relation stated
+    (TWO, "a red circle and a blue square", []),
+    (TWO, "a red circle on the left and a blue square at the top", []),  # no single axis: no order
+    (TWO, "and a red circle above it", []),  # "it" with nothing before it
+    (TWO, "to the left of a blue square", []),
+])
+def test_relation_statements_and_their_truth(objs, caption, expected):
+    got = S.relation_statements(caption)
+    rows = []
+    for e in expected:
+        form, subj, rel, obj_colour, truth = e.split()
+        rows.append((form, subj, _REL[rel], obj_colour, truth == "1"))
+    assert [(st.form, st.subject.colour, st.relation, st.object.colour, S.statement_holds(st, objs))
+            for st in got] == rows
+    assert S.relation_statements(caption.split()) == got
+    r = S.relation_accuracy({1: caption}, {1: objs})
+    assert r["relations_checked"] == len(rows)
+    assert r["relation_rate"] == float(bool(rows)) if len(objs) > 1 else math.isnan(r["relation_rate"])
+    if rows:
+        assert r["relation_accuracy"] == pytest.approx(sum(row[-1] for row in rows) / len(rows))
+
+
+def test_relation_accuracy_over_a_set():
+    objs = {1: TWO, 2: THREE, 3: [RC], 4: THREE, 5: []}
+    preds = {1: "a blue square with a red circle to its left",  # pronoun, true
+             2: "a red circle to the left of a blue square and a green star below it",  # direct: true, false
+             3: "a red circle",  # one object: not in the rate
+             4: "a red circle on the left a blue square in the middle and a green star on the right",  # 2 true
+             5: "there are no objects"}  # no object: not in the rate
+    r = S.relation_accuracy(preds, objs)
+    assert r["relations_by_form"] == {"direct": 2, "pronoun": 1, "positional": 2} and r["relations_checked"] == 5
+    assert r["relation_accuracy"] == pytest.approx(4 / 5) and r["relation_rate"] == 1.0
+    preds[4] = "three shapes a red circle a blue square and a green star"
+    assert S.relation_accuracy(preds, objs)["relation_rate"] == pytest.approx(2 / 3)
+    # the first parser's answer is still there: (colour, shape) triples of the direct and pronoun forms
+    assert S.stated_relations(preds[2]) == [(("red", "circle"), "to the left of", ("blue", "square")),
+                                            (("green", "star"), "below", ("blue", "square"))]
+    assert S.stated_relations("a red circle on the left and a blue square on the right") == []
+
+
+def test_relation_parser_never_raises_on_junk():
+    for junk in ([None, 3, "red", b"circle"], [], ["to", "its", "left", "<eos>"], 42, None, "it it with and is",
+                 "a red circle to the left of", "with a red circle to its left", "on the left on the right"):
+        assert S.relation_statements(junk) == [] and S.position_statements(junk) == []
+        S.relation_accuracy({1: junk}, {1: TWO})
+        S.position_accuracy({1: junk}, {1: TWO})
+
+
+TOP_LEFT, LEFT, CENTRE, BOTTOM = ([obj("red", "circle", box)] for box in (
+    [30, 30, 20, 20], [30, 102, 20, 20], [102, 102, 20, 20], [102, 180, 20, 20]))
+
+
+@pytest.mark.parametrize("objs, caption, place, truth", [
+    (TOP_LEFT, "a single red circle in the top left", "in the top left", True),
+    (TOP_LEFT, "there is a red circle on the left", "on the left", False),  # it is in the top left
+    (LEFT, "there is a red circle on the left", "on the left", True),
+    (CENTRE, "a red circle in the centre", "in the centre", True),
+    (BOTTOM, "a single small red circle at the bottom", "at the bottom", True),
+    (BOTTOM, "a single small red circle in the bottom right", "in the bottom right", False),
+    (BOTTOM, "there is a purple circle at the bottom", "at the bottom", False),  # absent
+    (TWO, "a red circle on the left", "on the left", True),  # the caption's one noun phrase, in any scene
+    (TWO, "a red circle on the left and a blue square", None, None),  # two noun phrases: no position claim
+    (CENTRE, "a red circle in the middle", None, None),  # not a phrase shapes.position writes
+    (CENTRE, "an empty striped background", None, None),
+])
+def test_position_statements(objs, caption, place, truth):
+    expected = [] if place is None else [(S.noun_phrases(caption)[0].key, place)]
+    assert [(p.key, where) for p, where in S.position_statements(caption)] == expected
+    r = S.position_accuracy({1: caption}, {1: objs})
+    assert r["positions_checked"] == (place is not None)
+    assert r["position_accuracy"] == truth if place else math.isnan(r["position_accuracy"])
+
+
+# ---------------------------------------------------------------- the world's own references read back as true
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """(objects, captions) of the training references of a small world: every template is in it."""
+    root = tmp_path_factory.mktemp("world")
+    shapes.generate_world(root, seed=0, sizes={"train": 300, "val": 0, "test": 0, "test_novel": 0}, workers=1)
+    objects = shapes.load_objects(root / "annotations" / "instances_train.json")
+    captions = json.loads((root / "annotations" / "captions_train.json").read_text())["annotations"]
+    return objects, [(a["image_id"], a["caption"]) for a in captions]
+
+
+def _template(caption: str, n: int) -> str | None:
+    """Which relation-bearing template of shapes.py wrote a reference caption, from its words alone."""
+    if n == 1 and re.search(r"\b(in|on|at) the\b", caption):
+        return "position"  # "a single red circle in the top left", "there is a red circle on the left"
+    if n < 2:
+        return None
+    if " with " in caption:
+        return f"pronoun {n}"
+    if re.search(r"\b(on the left|at the top)\b", caption):
+        return f"positional {n}"
+    if any(f" {rel} " in caption for rel in shapes.RELATIONS):
+        if n == 3:
+            return "direct it" if caption.endswith(" it") else "direct second subject"
+        return "direct is" if " is " in caption else "direct"
+    return None
+
+
+def test_references_read_back_as_true(references):
+    objects, captions = references
+    templates: Counter = Counter()
+    by_form: Counter = Counter()
+    multi = stating = 0
+    for k, (img_id, caption) in enumerate(captions):
+        objs, one = objects[img_id], {k: caption}
+        n = len(objs)
+        h = S.hallucination(one, {k: objs})
+        assert h["hallucinated_mentions"] == 0 and h["CHAIR_s"] == 0.0, caption
+        assert h["object_mentions"] == len(S.noun_phrases(caption)) >= min(n, 1), caption
+        assert h["object_recall"] == 1.0 if n else math.isnan(h["object_recall"]), caption
+        assert h["count_error_rate"] == 0.0 if h["counts_stated"] else math.isnan(h["count_error_rate"]), caption
+        assert S.scene_accuracy(one, {k: objs}) == 1.0, caption
+
+        template = _template(caption, n)
+        templates[template] += 1
+        stated = S.relation_statements(caption)
+        assert all(S.statement_holds(st, objs) for st in stated), caption
+        # every relation-bearing caption is read in full: n - 1 statements, of its template's form
+        expected_form = template.split()[0] if template and template != "position" else None
+        assert [st.form for st in stated] == [expected_form] * (n - 1 if expected_form else 0), caption
+        by_form.update(st.form for st in stated)
+        pos = S.position_accuracy(one, {k: objs})
+        assert pos["positions_checked"] == (template == "position"), caption
+        assert pos["position_accuracy"] == 1.0 or not pos["positions_checked"], caption
+        if n > 1:
+            multi, stating = multi + 1, stating + bool(stated)
+
+    for template in ("direct", "direct is", "direct it", "direct second subject", "pronoun 2", "pronoun 3",
+                     "positional 2", "positional 3", "position"):
+        assert templates[template] > 0, (template, templates)
+    assert min(by_form[f] for f in ("direct", "pronoun", "positional")) > 0
+
+    everything = {k: c for k, (_, c) in enumerate(captions)}
+    objs = {k: objects[img_id] for k, (img_id, _) in enumerate(captions)}
+    r, p, h = S.relation_accuracy(everything, objs), S.position_accuracy(everything, objs), \
+        S.hallucination(everything, objs)
+    assert r["relation_accuracy"] == 1.0 and r["relations_by_form"] == dict(by_form)
+    assert p["position_accuracy"] == 1.0 and h["CHAIR_i"] == 0.0 and h["object_recall"] == 1.0
+    assert h["count_error_rate"] == 0.0 and h["counts_stated"] > 0
+    assert r["relation_rate"] == pytest.approx(stating / multi)
+    empty = sum(not o for o in objects.values())  # scenes without objects (none before shapes.py had them)
+    print(f"\nreferences of {len(objects)} images ({empty} empty): relation_rate {r['relation_rate']:.4f} "
+          f"({stating} of {multi} multi-object captions), relations {dict(by_form)}, "
+          f"positions {p['positions_checked']}, counts stated {h['counts_stated']}, templates {dict(templates)}")

@@ -173,8 +173,8 @@ def test_test_shift_uses_settings_training_never_sees():
     shift_kinds = {kind for _, _, _, kind in _scenes("test_shift")}
     assert train_kinds == set(shapes.STYLES["train"]["backgrounds"]) and "flat" in train_kinds
     assert shift_kinds == set(shapes.STYLES["shift"]["backgrounds"]) and not train_kinds & shift_kinds
-    # colour names are ranges: training shades stay within 8 degrees of the centre hue, shifted ones 8-13
-    for style, (lo, hi) in (("train", (0, 8)), ("shift", (8, 13))):
+    # colour names are ranges: training shades stay within 10 degrees of the centre hue, shifted ones 10-15
+    for style, (lo, hi) in (("train", (0, 10)), ("shift", (10, 15))):
         rng = np.random.default_rng(1)
         for colour, (centre, _) in shapes.COLOUR_HSV.items():
             for _ in range(50):

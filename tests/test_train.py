@@ -90,7 +90,8 @@ def test_evaluate_main_writes_predictions_and_metrics(trained, world, tmp_path, 
     last = capsys.readouterr().out.strip().splitlines()[-1]
     line = json.loads(last)
     expected = set(METRIC_KEYS) | set(NLTK_BLEU_KEYS) | {"scene_accuracy", "grounding", "grounding_chance",
-                                                         "relation_accuracy", "relation_rate"}
+                                                         "relation_accuracy", "relation_rate", "position_accuracy",
+                                                         "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate"}
     if res["info"].get("skipped", {}).get("METEOR"):
         expected.discard("METEOR")
     assert set(line) == expected
