@@ -286,7 +286,9 @@ def test_shapes_scores_is_the_metrics_together():
     assert hal["CHAIR_i"] == scores["CHAIR_i"] == 0.0 and scores["CHAIR_s"] == 0.0
     assert scores["object_recall"] == hal["object_recall"] == pytest.approx(6 / 8)
     assert scores["count_error_rate"] == 0.0 and math.isnan(scores["position_accuracy"])
-    assert info == {"relations_checked": 1, "relations_by_form": {"direct": 1, "pronoun": 0, "positional": 0},
+    # by number of objects: image 3 (1 object) is wrong; 2 (2 objects) wrong, 4 right; 1 (3 objects) right
+    assert info == {"scene_accuracy_by_objects": {1: 0.0, 2: 0.5, 3: 1.0},
+                    "relations_checked": 1, "relations_by_form": {"direct": 1, "pronoun": 0, "positional": 0},
                     "positions_checked": 0, "grounding_words": g["grounding_words"], "object_mentions": 5,
                     "hallucinated_mentions": 0, "counts_stated": 1, **S.DESCRIPTIONS}
     assert set(S.DESCRIPTIONS) == {"scene_accuracy", "grounding", "relation_accuracy", "position_accuracy",
