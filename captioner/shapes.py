@@ -7,8 +7,9 @@ compositional ``test_novel`` split, and reading a generated world back (``load_w
 ``load_objects``).
 
 Every split but one is drawn from the training style (``STYLES["train"]``): each colour name
-is a range of shades, shapes are slightly rotated and blurred now and then, six background
-families (flat among them), and a few scenes hold no object at all ("an empty striped
+is a range of shades, shapes are slightly rotated and blurred now and then (hexagons flat-topped
+or pointed up, stars of varied depth), six background families (flat among them) from dark
+grey to near white, and a few scenes hold no object at all ("an empty striped
 background"), so that a model learns colour names as ranges and the background as
 background. ``test_shift`` is drawn from rendering settings no other split uses
 (``STYLES["shift"]``): four other background families, shades further from each colour's
@@ -129,8 +130,9 @@ def _place(rng: np.random.Generator, sides: list[int]) -> list[tuple[int, int]] 
     return [(x, y) for x, y, _ in placed]
 
 
-def _unit_outline(shape: str) -> list[tuple[float, float]] | None:
-    """Polygon of a shape in its unit cell (None for the circle); sized to look balanced."""
+def _unit_outline(shape: str, inner: float = 0.21) -> list[tuple[float, float]] | None:
+    """Polygon of a shape in its unit cell (None for the circle); sized to look balanced.
+    inner: a star's inner radius (its points' depth)."""
     def ring(n: int, radii: Sequence[float], start: float, cy: float = 0.5):
         angles = start + np.arange(n) * 2 * np.pi / n
         return [(0.5 + radii[k % len(radii)] * np.cos(a), cy + radii[k % len(radii)] * np.sin(a))
@@ -142,7 +144,7 @@ def _unit_outline(shape: str) -> list[tuple[float, float]] | None:
     if shape == "triangle":
         return [(0.0, 0.933), (1.0, 0.933), (0.5, 0.067)]
     if shape == "star":  # centred vertically: top at cy-0.5, bottom points at cy+0.4045
-        return ring(10, (0.5, 0.21), -np.pi / 2, cy=0.5477)
+        return ring(10, (0.5, inner), -np.pi / 2, cy=0.5477)
     if shape == "hexagon":
         return ring(6, (0.5,), 0.0)
     if shape == "cross":
@@ -152,7 +154,7 @@ def _unit_outline(shape: str) -> list[tuple[float, float]] | None:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _shape_mask(shape: str, side: int, angle: float = 0.0) -> tuple[np.ndarray, list[float]]:
+def _shape_mask(shape: str, side: int, angle: float = 0.0, inner: float = 0.21) -> tuple[np.ndarray, list[float]]:
     """Anti-aliased alpha mask (side x side, 0..1) and tight bbox [x, y, w, h] in the cell.
 
     angle: rotation in degrees about the cell's centre; a rotated outline is shrunk just enough
@@ -161,7 +163,7 @@ def _shape_mask(shape: str, side: int, angle: float = 0.0) -> tuple[np.ndarray, 
     big = side * _SUPERSAMPLE
     canvas = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(canvas)
-    outline = _unit_outline(shape)
+    outline = _unit_outline(shape, inner)
     if outline is None:
         draw.ellipse([0, 0, big - 1, big - 1], fill=255)
         box = [0.0, 0.0, float(side), float(side)]
@@ -238,8 +240,8 @@ def _background(rng: np.random.Generator, kinds: Sequence[str]) -> tuple[np.ndar
     """A muted background of one of `kinds` (H x W x 3 float32) and its kind."""
     kind = kinds[rng.integers(len(kinds))]
     t = np.clip(_pattern(rng, kind), 0, 1)[..., None]
-    hue, value = rng.random(), rng.uniform(0.3, 0.85)
-    other = np.clip(value + rng.choice([-1, 1]) * rng.uniform(0.08, 0.22), 0.2, 0.92)
+    hue, value = rng.random(), rng.uniform(0.25, 0.97)  # dark grey to near white
+    other = np.clip(value + rng.choice([-1, 1]) * rng.uniform(0.08, 0.22), 0.15, 0.98)
     a, b = _muted_tone(rng, hue, value), _muted_tone(rng, hue + rng.uniform(-0.08, 0.08), other)
     grain = rng.normal(0, rng.uniform(2, 7), size=(IMAGE_SIZE, IMAGE_SIZE, 1)).astype(np.float32)
     return a * (1 - t) + b * t + grain, kind
@@ -310,7 +312,10 @@ def make_scene(rng: np.random.Generator, split: str,
         corners = _place(rng, sides)
     objects = []
     for (colour, shape), size, side, (x, y) in zip(pairs, sizes, sides, corners):
-        mask, (bx, by, bw, bh) = _shape_mask(shape, side, _signed(rng, style["rotation"]))
+        # Shape variants a drawing may use: a hexagon flat-topped or pointed up, stars of different depths.
+        angle = _signed(rng, style["rotation"]) + (30 if shape == "hexagon" and rng.random() < 0.5 else 0)
+        inner = rng.uniform(0.17, 0.28) if shape == "star" else 0.21
+        mask, (bx, by, bw, bh) = _shape_mask(shape, side, angle, inner)
         _paint(canvas, rng, shade(rng, colour, style["hue_offset"]), mask, x, y)
         objects.append({"colour": colour, "shape": shape, "size": size,
                         "bbox": [round(x + bx, 2), round(y + by, 2), round(bw, 2), round(bh, 2)],
