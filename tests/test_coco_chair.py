@@ -276,3 +276,15 @@ def test_importing_the_module_loads_neither_pycocotools_nor_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"
+
+
+def test_evaluate_refuses_coco_instances_on_the_shapes_world(tmp_path):
+    """The shapes world measures CHAIR exactly from its objects; COCO's CHAIR would overwrite those keys."""
+    import evaluate
+    from tiny import make_world
+
+    world = make_world(tmp_path / "w", seed=3, sizes={"train": 0, "val": 0, "test": 2, "test_novel": 0})
+    with pytest.raises(SystemExit, match="--coco-instances is for COCO images"):
+        evaluate.main(["--shapes-dir", str(world), "--coco-instances", str(INSTANCES), "--no-progress",
+                       "--out", str(tmp_path / "ev"), "--cache-dir", str(tmp_path / "cache")])
+    assert not (tmp_path / "cache").exists()  # refused before any feature was computed
