@@ -15,6 +15,7 @@ configuration is written to OUT/config.yaml.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from dataclasses import asdict, fields, replace
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from captioner.atomic import atomic_write_text
+from captioner.atomic import atomic_write_text, exclusive
 from captioner.training import TrainConfig
 from cli import add_data_args, add_options, data_source_rank0_first, setup_logging
 
@@ -86,22 +87,24 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         source = data_source_rank0_first(args, dist)
         out = Path(cfg.out)
-        if dist.main:
-            out.mkdir(parents=True, exist_ok=True)
-            resolved = {k: v for k, v in vars(args).items() if k not in ("config",)}
-            resolved.update(asdict(cfg))
-            resolved["stages"] = list(cfg.stages)
-            resolved["world_size"] = dist.world
-            atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        with contextlib.ExitStack() as hold:
+            if dist.main:
+                out.mkdir(parents=True, exist_ok=True)
+                hold.enter_context(exclusive(out, "training run"))  # two runs must not share a run folder
+                resolved = {k: v for k, v in vars(args).items() if k not in ("config",)}
+                resolved.update(asdict(cfg))
+                resolved["stages"] = list(cfg.stages)
+                resolved["world_size"] = dist.world
+                atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
-        from captioner.training import train
+            from captioner.training import train
 
-        summary = train(cfg, source, dist)
-        if args.export and dist.main:
-            from captioner.checkpoint import export_inference
+            summary = train(cfg, source, dist)
+            if args.export and dist.main:
+                from captioner.checkpoint import export_inference
 
-            export_inference(out / "best.pt", args.export)
-            logging.getLogger("train").info("exported %s -> %s", out / "best.pt", args.export)
+                export_inference(out / "best.pt", args.export)
+                logging.getLogger("train").info("exported %s -> %s", out / "best.pt", args.export)
     finally:
         distributed.cleanup(dist)
     if dist.main:

@@ -6,14 +6,20 @@ predictions) all go through `atomic_write`: the bytes go to a hidden temporary f
 folder, are flushed and fsynced, get an ordinary file's permissions (as `open()` would give,
 following the umask; mkstemp's are owner-only), and the file is renamed over the target in one
 step. A reader (or a run killed half-way) sees the old file or the new one, never half of one.
+
+`exclusive(folder)` keeps two processes from writing the same folder at once (two training runs
+given the same --out would overwrite each other's checkpoints).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 
 def _umask() -> int:
@@ -49,3 +55,49 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kw: Any) -> Path:
     """`json.dumps(obj, **dumps_kw)` as UTF-8 (serialised before the file is opened: a bad object writes nothing)."""
     return atomic_write_text(path, json.dumps(obj, **dumps_kw))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it runs
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold `folder/.lock` while the block runs; a second process asking for the same folder is refused.
+
+    The lock file names its process and machine. One left behind by a process of this machine that
+    no longer runs (a killed run) is taken over; one of another machine (a shared file system)
+    cannot be checked and is respected: the error says which file to delete if that run is gone.
+    """
+    path = Path(folder) / ".lock"
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+            break
+        except FileExistsError:
+            try:
+                pid_text, host = path.read_text().split()[:2]
+                pid = int(pid_text)
+            except (OSError, ValueError):  # being written this instant, or unreadable: look again
+                pid, host = None, None
+                time.sleep(0.1)
+            if pid is not None and (host != socket.gethostname() or (pid != os.getpid() and _running(pid))):
+                raise RuntimeError(f"{folder} is being written by another {what} (process {pid} on {host}); "
+                                   f"give this one another folder, or delete {path} if that {what} is gone") from None
+            if pid is not None:
+                path.unlink(missing_ok=True)  # its process is gone: take the folder over
+    else:
+        raise RuntimeError(f"could not lock {folder}: {path} keeps reappearing")
+    with os.fdopen(fd, "w") as f:
+        f.write(me + "\n")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

@@ -44,7 +44,9 @@ from .atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # 2: colour ranges, rotations, blur, empty scenes, flat backgrounds, test_shift
+VERSION = 2  # bump on ANY change to what is rendered or written: caches know a world by world.json
+# (1: fixed shades, five textured families; 2: colour ranges, rotations, blur, empty scenes, flat and light
+# backgrounds, shape variants, test_shift)
 IMAGE_SIZE = 224
 JPEG_QUALITY = 92
 SPLITS = ("train", "val", "test", "test_novel", "test_shift")

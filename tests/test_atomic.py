@@ -58,3 +58,50 @@ def test_a_reader_never_sees_half_a_file(tmp_path):
         stop.set()
         reader.join()
     assert not bad and json.loads(target.read_text())["n"] == 299
+
+
+def test_exclusive_refuses_a_folder_a_running_process_holds_and_takes_over_a_dead_ones(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from captioner.atomic import exclusive
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from captioner.atomic import exclusive\n"
+        f"with exclusive({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"another run \(process {holder.pid} on .*delete .*\.lock"):
+            with exclusive(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)  # killed: its lock stays behind
+        holder.wait()
+    assert (tmp_path / ".lock").is_file()
+    with exclusive(tmp_path) as lock:  # its process is gone: taken over
+        assert lock.read_text().split()[0] == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()  # released
+
+
+def test_two_training_runs_cannot_share_a_run_folder(tmp_path):
+    import subprocess
+
+    import train
+    from tiny import make_world, train_args
+
+    world = make_world(tmp_path / "w", seed=4, sizes={"train": 8, "val": 2, "test": 0, "test_novel": 0})
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen(["sleep", "60"])  # stands for the other run: a live process of this machine
+    try:
+        (out / ".lock").write_text(f"{other.pid} {__import__('socket').gethostname()}\n")
+        with pytest.raises(RuntimeError, match="being written by another training run"):
+            train.main(train_args(world, out, tmp_path / "cache", epochs=1))
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    finally:
+        other.kill()
+        other.wait()
+    train.main(train_args(world, out, tmp_path / "cache", epochs=1))  # the holder is gone: this run goes ahead
+    assert (out / "last.pt").is_file() and not (out / ".lock").exists()
