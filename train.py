@@ -30,7 +30,7 @@ from cli import add_data_args, add_options, data_source_rank0_first, setup_loggi
 PRESETS = {
     # The bundled demo model: about 26 minutes on a 2-core CPU, world generation and features included.
     "shapes": {"data": "shapes", "out": "runs/shapes", "epochs": 16, "batch_size": 64, "lr": 2e-3,
-               "attention_dim": 128, "dropout": 0.1, "patience": 0},
+               "attention_dim": 128, "dropout": 0.1, "patience": 0, "coords": True},
 }
 
 def build_parser() -> argparse.ArgumentParser:
