@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 # References stating where things are: relations, positions, "to its left".
 RELATIONAL = r"\b(left|right|above|below|top|bottom|middle|centre|its)\b"
-VARIANTS = {  # name -> train.py options on top of --preset shapes
-    "base": [],
+VARIANTS = {  # name -> train.py options on top of --preset shapes (each says every option it varies)
+    "base": ["--coords", "false"],
     "coords": ["--coords", "true"],
-    "prefer": ["--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
+    "prefer": ["--coords", "false", "--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
     "coords+prefer": ["--coords", "true", "--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
