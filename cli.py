@@ -21,15 +21,27 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data (default: the shapes world)")
-    d.add_argument("--data", choices=["shapes", "karpathy", "coco"], default=None,
-                   help="data source; inferred from --karpathy-json / --coco-captions when omitted")
+    d.add_argument("--data", choices=["shapes", "karpathy", "coco", "flickr", "csv"], default=None,
+                   help="data source; inferred from --karpathy-json / --coco-captions / --flickr-tokens / "
+                        "--captions-csv when omitted")
     d.add_argument("--shapes-dir", default=str(DEFAULT_SHAPES_DIR),
                    help="shapes world folder (generated when missing)")
     d.add_argument("--karpathy-json", help="Karpathy split file: dataset_coco.json, dataset_flickr8k.json, ...")
     d.add_argument("--coco-captions", action="append", metavar="SPLIT=JSON",
                    help="COCO caption annotations for a split (repeat: train=..., val=...)")
+    d.add_argument("--flickr-tokens", metavar="PATH",
+                   help="original Flickr8k release: Flickr8k.token.txt (NAME.jpg#N<TAB>caption); "
+                        "--images is its image folder (e.g. Flicker8k_Dataset)")
+    d.add_argument("--flickr-splits", action="append", metavar="SPLIT=PATH[,SPLIT=PATH...]",
+                   help="split lists for --flickr-tokens, one image file name a line, e.g. "
+                        "train=Flickr_8k.trainImages.txt,val=Flickr_8k.devImages.txt,test=Flickr_8k.testImages.txt "
+                        "(comma-separated or repeated; default: those three files beside the token file)")
+    d.add_argument("--captions-csv", metavar="PATH",
+                   help="Kaggle's Flickr8k captions.txt (CSV, header image,caption); --images is its Images/ "
+                        "folder; split deterministically by sha1 of the file names (see data/README.md)")
     d.add_argument("--images", action="append", metavar="[SPLIT=]DIR",
-                   help="image root for --karpathy-json, or SPLIT=DIR for each --coco-captions split")
+                   help="image root for --karpathy-json, the image folder for --flickr-tokens / --captions-csv, "
+                        "or SPLIT=DIR for each --coco-captions split")
     d.add_argument("--no-restval", action="store_true", help="keep Karpathy's restval split out of train")
 
 
@@ -101,10 +113,44 @@ def data_source_rank0_first(args: argparse.Namespace, dist):
     return source if dist.main else data_source(args)
 
 
+def _flickr_splits(values: list[str] | None) -> dict[str, str] | None:
+    """--flickr-splits train=A,val=B,test=C (or repeated) -> {split: path}; None when not given."""
+    if not values:
+        return None
+    items = [v for value in values for v in value.split(",") if v.strip()]
+    out = _pairs(items, "--flickr-splits")
+    if not out:
+        raise SystemExit("--flickr-splits expects SPLIT=PATH[,SPLIT=PATH...], e.g. train=Flickr_8k.trainImages.txt")
+    return out
+
+
+def _flickr_data_source(args: argparse.Namespace, kind: str, flickr_tokens: str | None, captions_csv: str | None):
+    from captioner import sources
+
+    flag, file = ("--flickr-tokens", flickr_tokens) if kind == "flickr" else ("--captions-csv", captions_csv)
+    folder = "Flicker8k_Dataset" if kind == "flickr" else "Images"
+    if not file or not args.images or len(args.images) != 1:
+        raise SystemExit(f"--data {kind} needs {flag} FILE and one --images DIR (the image folder, e.g. {folder})")
+    if kind == "flickr":
+        return sources.flickr_source(file, args.images[0], _flickr_splits(getattr(args, "flickr_splits", None)))
+    if getattr(args, "flickr_splits", None):
+        raise SystemExit("--flickr-splits is for --flickr-tokens: --captions-csv has no split lists")
+    return sources.captions_csv_source(file, args.images[0])
+
+
 def data_source(args: argparse.Namespace):
     from captioner import sources
 
-    kind = args.data or ("karpathy" if args.karpathy_json else "coco" if args.coco_captions else "shapes")
+    flickr_tokens, captions_csv = getattr(args, "flickr_tokens", None), getattr(args, "captions_csv", None)
+    if flickr_tokens or captions_csv:
+        given = [f for f, v in (("--karpathy-json", args.karpathy_json), ("--coco-captions", args.coco_captions),
+                                ("--flickr-tokens", flickr_tokens), ("--captions-csv", captions_csv)) if v]
+        if len(given) > 1:
+            raise SystemExit(f"give one data source, not {' and '.join(given)}")
+    kind = args.data or ("karpathy" if args.karpathy_json else "coco" if args.coco_captions
+                         else "flickr" if flickr_tokens else "csv" if captions_csv else "shapes")
+    if kind in ("flickr", "csv"):
+        return _flickr_data_source(args, kind, flickr_tokens, captions_csv)
     if kind == "shapes":
         return sources.shapes_source(args.shapes_dir)
     if kind == "karpathy":

@@ -11,12 +11,19 @@ Supported inputs:
 * COCO ``captions_<split>2014.json`` via ``read_coco_captions``;
 * Karpathy ``dataset_coco.json`` / ``dataset_flickr8k.json`` /
   ``dataset_flickr30k.json`` (and our synthetic worlds in the same format)
-  via ``read_karpathy``.
+  via ``read_karpathy``;
+* the original Flickr8k release (``Flickr8k.token.txt`` plus the
+  ``Flickr_8k.{train,dev,test}Images.txt`` split lists; Flickr30k's
+  ``results_20130124.token`` has the same format) via ``read_flickr_token_file``;
+* the Kaggle ``captions.txt`` CSV (``image,caption``, no split) via
+  ``read_captions_csv``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
 import io
 import json
 import logging
@@ -27,7 +34,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageRecord", "DatasetError", "read_coco_captions", "read_karpathy", "split_summary"]
+__all__ = [
+    "ImageRecord", "DatasetError", "read_coco_captions", "read_karpathy", "read_flickr_token_file",
+    "read_captions_csv", "flickr_image_id", "split_summary",
+]
 
 # How many missing image paths an error message lists before summarising.
 _MAX_LISTED = 5
@@ -348,6 +358,225 @@ def read_karpathy(
             "holding train2014/ and val2014/ for COCO, or the folder of the images themselves for Flickr",
         )
     log.info("%s: %s", file, split_summary(result))
+    return result
+
+
+# --- Flickr8k original release and the Kaggle captions.txt -------------------
+#
+# Both layouts name images by file name only.  Their records use the same rules, so the same
+# captions read from either layout give equal records:
+#
+# * image id: ``flickr_image_id(name)``, the first 6 bytes of sha1(file name, UTF-8) as a
+#   big-endian integer (0 <= id < 2**48, exact in JSON and float64).  It depends on the name
+#   alone: not on line order, not on which other images a file lists (Flickr8k.token.txt lists
+#   one junk name, ``2258277193_586949ec62.jpg.1``, that the Kaggle file lacks), not on the
+#   layout.  The numeric prefix of Flickr names is not used: it is not guaranteed unique.  Two
+#   names with one id (never seen; about 1 in 10**6 for 30k names) are a DatasetError.
+# * path: ``image_dir/name``; captions in file order, stripped; records sorted by image id.
+
+# Split names of the Kaggle CSV's deterministic split, in the order they are dealt out.
+_CSV_EVAL_SPLITS = ("test", "val")
+# Karpathy's Flickr8k val and test sizes: the most the CSV split puts in each.
+_CSV_EVAL_SIZE = 1000
+
+
+def flickr_image_id(name: str) -> int:
+    """The image id of a Flickr file name (both Flickr layouts): sha1 of the name, first 6 bytes."""
+    return int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:6], "big")
+
+
+def _read_text_lines(path: str | os.PathLike[str], argument: str, what: str) -> list[str]:
+    """A text file's lines (line i+1 is element i), every failure a DatasetError naming the file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DatasetError(f"{path}: file not found (check the {argument} argument)")
+    if os.path.isdir(path):
+        raise DatasetError(f"{path}: is a directory, expected {what} (check the {argument} argument)")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read file: {e.strerror or e}") from e
+    if not raw.strip():
+        raise DatasetError(f"{path}: file is empty, expected {what}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); is this really {what}?") from e
+    # Not str.splitlines(): it also breaks at \x0b, \x1c, \u2028, ..., so line numbers would
+    # disagree with what an editor shows.
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def _flickr_records(
+    captions: Mapping[str, Sequence[str]], split_of: Mapping[str, str], image_dir: str, file: str
+) -> dict[str, list[ImageRecord]]:
+    """Records of the images in split_of, by split (canonical split order), sorted by image id."""
+    seen: dict[int, str] = {}
+    for name in captions:
+        image_id = flickr_image_id(name)
+        if image_id in seen:
+            raise DatasetError(f"{file}: image names {seen[image_id]!r} and {name!r} have the same id {image_id} "
+                               f"(sha1 prefix); rename one of the two files")
+        seen[image_id] = name
+    by_split: dict[str, list[ImageRecord]] = {}
+    for name, split in split_of.items():
+        path = os.path.abspath(os.path.join(image_dir, name))
+        by_split.setdefault(split, []).append(
+            ImageRecord(image_id=flickr_image_id(name), path=path, split=split, captions=tuple(captions[name]))
+        )
+    return {s: sorted(by_split[s], key=lambda r: r.image_id) for s in sorted(by_split, key=_split_key)}
+
+
+def read_flickr_token_file(
+    token_file: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    split_files: Mapping[str, str | os.PathLike[str]],
+    check_images: bool = True,
+) -> dict[str, list[ImageRecord]]:
+    """Read the original Flickr8k release into ``{split: records sorted by image_id}``.
+
+    ``token_file``: ``Flickr8k.token.txt``, lines ``NAME.jpg#N<TAB>caption`` (N = 0..4).
+    ``split_files``: split name -> list of image file names, one per line, e.g.
+    ``{"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt"}``; the keys name the returned splits.
+    ``image_dir``: the folder holding the images (``Flicker8k_Dataset/`` in the release).
+
+    Images with captions but in no list are ignored (counted in a log line); a listed image
+    without captions, or one listed in two splits, is an error naming the list file and line.
+    Ids and paths follow the rules above (``flickr_image_id``).
+    """
+    if not isinstance(split_files, Mapping) or not split_files:
+        raise ValueError(f"split_files must map split names to list files, got {split_files!r}")
+    file = os.fspath(token_file)
+    example = "1000268201_693b08cb0e.jpg#0<TAB>A child in a pink dress ..."
+    captions: dict[str, list[str]] = {}
+    for n, line in enumerate(_read_text_lines(file, "token_file", "a Flickr token file (NAME.jpg#N<TAB>caption)"), 1):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise DatasetError(f"{file}: line {n}: no tab; expected NAME#N<TAB>caption (e.g. {example}), "
+                               f"found {line[:80]!r}")
+        key, caption = line.split("\t", 1)
+        name, hash_mark, number = key.strip().rpartition("#")
+        if not hash_mark or not name or not (number.isascii() and number.isdigit()):
+            raise DatasetError(f"{file}: line {n}: {key.strip()!r} is not NAME#N, the image file name and the "
+                               f"caption number (e.g. 1000268201_693b08cb0e.jpg#0)")
+        caption = caption.strip()
+        if not caption:
+            raise DatasetError(f"{file}: line {n}: empty caption for {key.strip()}")
+        captions.setdefault(name, []).append(caption)
+
+    split_of: dict[str, str] = {}
+    where: dict[str, tuple[str, int]] = {}  # name -> (list file, line) where it was first listed
+    for split, list_path in split_files.items():
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"split names must be non-empty strings, got {split!r}")
+        list_file = os.fspath(list_path)
+        listed = 0
+        lines = _read_text_lines(list_file, f"split_files[{split!r}]", "a list of image file names, one a line")
+        for n, line in enumerate(lines, 1):
+            name = line.strip()
+            if not name:
+                continue
+            if name not in captions:
+                raise DatasetError(f"{list_file}: line {n}: image {name!r} (split {split}) has no captions in {file}")
+            if name in split_of:
+                first_file, first_line = where[name]
+                if split_of[name] != split:
+                    raise DatasetError(f"{list_file}: line {n}: image {name!r} is listed in split {split} and in "
+                                       f"split {split_of[name]} ({first_file} line {first_line})")
+                log.warning("%s: line %d: image %r listed again (first on line %d); ignored",
+                            list_file, n, name, first_line)
+                continue
+            split_of[name] = split
+            where[name] = (list_file, n)
+            listed += 1
+        if not listed:
+            raise DatasetError(f"{list_file}: lists no image file names (split {split})")
+
+    unlisted = len(captions) - len(split_of)
+    if unlisted:
+        log.info("%s: %d of %d images with captions are in no split list; ignored", file, unlisted, len(captions))
+    image_root = os.fspath(image_dir)
+    result = _flickr_records(captions, split_of, image_root, file)
+    if check_images:
+        _check_images_exist(
+            [r for recs in result.values() for r in recs], file, image_root, "image_dir",
+            "it should be the folder that directly holds the .jpg files, Flicker8k_Dataset/ in the original release",
+        )
+    log.info("%s: %s", file, split_summary(result))
+    return result
+
+
+def _csv_split(names: Iterable[str]) -> dict[str, str]:
+    """The Kaggle CSV's split: names in order of sha1(name) (ties, i.e. never, by name); the first k
+    go to test, the next k to val, the rest to train, k = min(1000, n // 8) but at least 1 when n >= 3.
+    Depends only on the set of names (not on their order): 8091 images (Kaggle's Flickr8k) give
+    train 6091 / val 1000 / test 1000, Karpathy's val and test sizes."""
+    ordered = sorted(set(names), key=lambda name: (hashlib.sha1(name.encode("utf-8")).hexdigest(), name))
+    n = len(ordered)
+    k = min(_CSV_EVAL_SIZE, max(1, n // 8)) if n >= 3 else 0
+    split_of = {}
+    for i, name in enumerate(ordered):
+        split_of[name] = _CSV_EVAL_SPLITS[i // k] if i < k * len(_CSV_EVAL_SPLITS) else "train"
+    return split_of
+
+
+def read_captions_csv(
+    csv_file: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    check_images: bool = True,
+) -> dict[str, list[ImageRecord]]:
+    """Read the Kaggle Flickr8k ``captions.txt`` into ``{split: records sorted by image_id}``.
+
+    The file is CSV with the header ``image,caption`` and one row per caption (captions with
+    commas or quotes are quoted, CSV-style); ``image_dir`` holds the images (``Images/``).
+    The file has no split: ``_csv_split`` deals out a deterministic one (train / val / test,
+    by sha1 of the file names).  Ids and paths follow the rules above (``flickr_image_id``).
+    """
+    file = os.fspath(csv_file)
+    lines = _read_text_lines(file, "csv_file", "a CSV file with the header image,caption")
+    # csv needs the line ends back (a quoted caption may span lines); it numbers lines itself.
+    reader = csv.reader(io.StringIO("\n".join(lines), newline=""))
+    captions: dict[str, list[str]] = {}
+    header_seen = False
+    first_line = 1
+    try:
+        for row in reader:
+            n, first_line = first_line, reader.line_num + 1  # n: the line this row starts on
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if not header_seen:
+                if [c.strip().lower() for c in row] != ["image", "caption"]:
+                    raise DatasetError(f"{file}: line {n}: expected the header 'image,caption' (Kaggle's Flickr8k "
+                                       f"captions.txt), found {','.join(row)[:80]!r}")
+                header_seen = True
+                continue
+            if len(row) != 2:
+                raise DatasetError(f"{file}: line {n}: {len(row)} columns, expected 2 (image,caption); a caption "
+                                   f"with commas must be in double quotes")
+            name, caption = row[0].strip(), row[1].strip()
+            if not name:
+                raise DatasetError(f"{file}: line {n}: empty image file name")
+            if not caption:
+                raise DatasetError(f"{file}: line {n}: empty caption for {name}")
+            captions.setdefault(name, []).append(caption)
+    except csv.Error as e:
+        raise DatasetError(f"{file}: line {reader.line_num}: not valid CSV: {e}") from e
+    if not captions:
+        raise DatasetError(f"{file}: has a header but no captions")
+    if len(captions) < 3:
+        log.warning("%s: only %d images: all go to train (val and test need at least 3 images)", file, len(captions))
+
+    image_root = os.fspath(image_dir)
+    result = _flickr_records(captions, _csv_split(captions), image_root, file)
+    if check_images:
+        _check_images_exist(
+            [r for recs in result.values() for r in recs], file, image_root, "image_dir",
+            "it should be the folder that directly holds the .jpg files, Images/ beside captions.txt",
+        )
+    log.info("%s: %s (deterministic split by sha1 of the file names)", file, split_summary(result))
     return result
 
 

@@ -1,4 +1,5 @@
-"""Where the records come from: the shapes world, a Karpathy split file, or COCO caption files.
+"""Where the records come from: the shapes world, a Karpathy split file, COCO caption files, or
+the Flickr8k layouts people hold (the original token file + split lists, Kaggle's captions.txt).
 
 Every source yields the same thing: named splits of `ImageRecord`s, a name that keys the
 feature cache, and (for the shapes world only) the objects with their boxes.
@@ -11,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import ImageRecord, read_coco_captions, read_karpathy
+from .datasets import ImageRecord, read_captions_csv, read_coco_captions, read_flickr_token_file, read_karpathy
 
 
 @dataclass
@@ -76,3 +77,28 @@ def coco_source(captions: dict[str, str | os.PathLike], images: dict[str, str | 
         splits[split] = read_coco_captions(ann, images[split], split)
     tag = _path_tag(*[str(captions[s]) for s in sorted(captions)], *[str(images[s]) for s in sorted(images)])
     return DataSource(f"coco-{tag}", splits)
+
+
+# The split lists of the original Flickr8k release, looked for beside the token file when none are given.
+FLICKR8K_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
+                        "test": "Flickr_8k.testImages.txt"}
+
+
+def flickr_source(token_file: str | os.PathLike, image_dir: str | os.PathLike,
+                  split_files: dict[str, str | os.PathLike] | None = None) -> DataSource:
+    """The original Flickr8k release: Flickr8k.token.txt, the images folder (Flicker8k_Dataset/), and
+    split -> list file (default: FLICKR8K_SPLIT_FILES beside the token file, dev read as val)."""
+    if split_files is None:
+        folder = Path(token_file).parent
+        split_files = {s: folder / f for s, f in FLICKR8K_SPLIT_FILES.items()}
+    splits = read_flickr_token_file(token_file, image_dir, split_files)
+    # Which list feeds which split is part of the identity, not just the list paths.
+    lists = "|".join(f"{s}={os.path.abspath(split_files[s])}" for s in sorted(split_files))
+    tag = hashlib.sha1(f"{_path_tag(token_file, image_dir)}|{lists}".encode()).hexdigest()[:8]
+    return DataSource(f"{Path(token_file).stem}-{tag}", splits)
+
+
+def captions_csv_source(csv_file: str | os.PathLike, image_dir: str | os.PathLike) -> DataSource:
+    """Kaggle's Flickr8k captions.txt (image,caption) and its Images/ folder; split by sha1 of the names."""
+    splits = read_captions_csv(csv_file, image_dir)
+    return DataSource(f"{Path(csv_file).stem}-csv-{_path_tag(csv_file, image_dir)}", splits)
