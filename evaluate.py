@@ -2,12 +2,15 @@
 
     python evaluate.py                                   # the bundled demo model on the shapes test split
     python evaluate.py --split test_novel --beam 3
+    python evaluate.py --split test_shift                # rendering settings training never saw
     python evaluate.py --checkpoint runs/coco/best.pt --karpathy-json data/coco/dataset_coco.json --images data/coco
 
 Scores come from pycocoevalcap's scorers (BLEU-1..4, METEOR, ROUGE-L, CIDEr; SPICE cannot run
 offline) on PTB-tokenised text, on pycocoevalcap's 0-1 scale. On the shapes world it also
-reports scene_accuracy and attention grounding. Writes the predictions in COCO results format
-and the metrics with how they were made as JSON; the last line on stdout is one JSON object.
+reports scene accuracy, hallucination (CHAIR_i, CHAIR_s, object recall, count errors), relations
+and attention grounding (captioner.scene_metrics); on COCO, --coco-instances adds CHAIR. Writes
+the predictions in COCO results format and the metrics with how they were made as JSON; the last
+line on stdout is one JSON object.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ MAX_BEAM = 20
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="model to evaluate (default: the demo model)")
-    p.add_argument("--split", default="test", help="split to decode: test, test_novel, val, ...")
+    p.add_argument("--split", default="test", help="split to decode: test, test_novel, test_shift, val, ...")
     p.add_argument("--beam", type=int, default=3, help=f"beam width (1 = greedy, at most {MAX_BEAM})")
     p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN,
                    help="most tokens decoded per caption, <end> included")
