@@ -82,14 +82,19 @@ def test_old_style_configs_keep_their_meaning():
         == (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def test_the_demo_checkpoint_keeps_its_recorded_normalisation():
+def test_the_demo_checkpoint_records_its_normalisation():
+    """The retrained demo model uses the default pairing (TF padding, (x - 127) / 128) and says so in its
+    config, so a later change of default cannot change how it is fed (as the previous demo model kept ImageNet's)."""
+    from captioner.encoder import default_normalization
     from captioner.model import Captioner
 
     model = Captioner.from_checkpoint(ROOT / "checkpoints" / "shapes_demo.pt")
     cfg = model.cfg.encoder
-    assert (cfg.backbone, cfg.mean, cfg.std) == ("efficientnet_lite0", IMAGENET_MEAN, IMAGENET_STD)
-    assert model.transform() == build_transform(224, IMAGENET_MEAN, IMAGENET_STD)
-    assert type(model.encoder.body.conv_stem).__name__ == "Conv2d"
+    mean, std = default_normalization("tf_efficientnet_lite0", "package")
+    assert (cfg.backbone, cfg.mean, cfg.std) == ("tf_efficientnet_lite0", tuple(mean), tuple(std))
+    assert tuple(mean) != tuple(IMAGENET_MEAN)
+    assert model.transform() == build_transform(224, cfg.mean, cfg.std)
+    assert type(model.encoder.body.conv_stem).__name__ == "Conv2dSame"
 
 
 def test_other_backbones_get_their_own_normalisation(tmp_path):
