@@ -66,29 +66,34 @@ def _split_key(name: str) -> tuple[int, str]:
     return (_SPLIT_ORDER.index(name) if name in _SPLIT_ORDER else len(_SPLIT_ORDER), name)
 
 
-def _load_json(path: str | os.PathLike[str], argument: str) -> Any:
-    """Read a JSON file, turning every failure into a DatasetError naming the file."""
+def _read_text(path: str | os.PathLike[str], argument: str, what: str) -> str:
+    """A UTF-8 text file's contents, every failure a DatasetError naming the file (`what`: what it should be)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DatasetError(f"{path}: file not found (check the {argument} argument)")
     if os.path.isdir(path):
-        raise DatasetError(f"{path}: is a directory, expected a JSON file (check the {argument} argument)")
+        raise DatasetError(f"{path}: is a directory, expected {what} (check the {argument} argument)")
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise DatasetError(f"{path}: cannot read file: {e.strerror or e}") from e
     if not raw.strip():
-        raise DatasetError(f"{path}: file is empty, expected JSON")
+        raise DatasetError(f"{path}: file is empty, expected {what}")
     try:
         # utf-8-sig tolerates a byte-order mark written by some editors.
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); is this really a JSON file?") from e
+        raise DatasetError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); is this really {what}?") from e
+
+
+def _load_json(path: str | os.PathLike[str], argument: str) -> Any:
+    """Read a JSON file, turning every failure into a DatasetError naming the file."""
+    text = _read_text(path, argument, "a JSON file")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        raise DatasetError(f"{os.fspath(path)}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
 
 
 def _require_list(data: Any, key: str, path: str, hint: str) -> list[Any]:
@@ -387,22 +392,7 @@ def flickr_image_id(name: str) -> int:
 
 def _read_text_lines(path: str | os.PathLike[str], argument: str, what: str) -> list[str]:
     """A text file's lines (line i+1 is element i), every failure a DatasetError naming the file."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DatasetError(f"{path}: file not found (check the {argument} argument)")
-    if os.path.isdir(path):
-        raise DatasetError(f"{path}: is a directory, expected {what} (check the {argument} argument)")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read file: {e.strerror or e}") from e
-    if not raw.strip():
-        raise DatasetError(f"{path}: file is empty, expected {what}")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); is this really {what}?") from e
+    text = _read_text(path, argument, what)
     # Not str.splitlines(): it also breaks at \x0b, \x1c, \u2028, ..., so line numbers would
     # disagree with what an editor shows.
     return [line.rstrip("\r") for line in text.split("\n")]
