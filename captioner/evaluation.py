@@ -6,7 +6,7 @@ the cache when the encoder is frozen, from the images through the encoder when i
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -110,11 +110,31 @@ def score_outputs(outputs: dict[int, CaptionOutput], records: Sequence[ImageReco
     `info["unreadable_images"]` says how many there were; grounding, which needs attention, is
     measured on the images that were read. `metrics` names the COCO scorers to run and whether
     to add nltk's BLEU (None: all of them); the shapes-world scores are computed whenever
-    `objects` is given.
+    `objects` is given. score_captions with the outputs' text, words and attention.
+    """
+    return score_captions({i: o.text for i, o in outputs.items()}, records,
+                          words={i: o.words for i, o in outputs.items()},
+                          alphas={i: o.alphas for i, o in outputs.items()},
+                          objects=objects, image_sizes=image_sizes, metrics=metrics, meteor=meteor)
+
+
+def score_captions(captions: Mapping[int, str], records: Sequence[ImageRecord], *,
+                   words: Mapping[int, list[str]] | None = None, alphas: Mapping[int, np.ndarray] | None = None,
+                   objects: dict[int, list[dict]] | None = None,
+                   image_sizes: dict[int, tuple[int, int]] | None = None,
+                   metrics: Sequence[str] | None = None, meteor: bool | None = None,
+                   absent: str = "unreadable") -> tuple[dict, dict]:
+    """The one metrics path: score_outputs for decoded outputs, evaluate.py --results for a results file.
+
+    captions: image id -> caption; ids that are not records are ignored, and a record without a
+    caption is scored as an empty caption, counted in `info[absent + "_images"]` (its ids, the
+    first 100, in `info[absent + "_image_ids"]`). words and alphas: each captioned image's words
+    and their attention, for grounding; None (a caption without attention, e.g. read from a
+    results file): grounding is not measured, its scores are absent and info says why.
     """
     refs = {r.image_id: list(r.captions) for r in records}
-    preds = {i: outputs[i].text if i in outputs else "" for i in refs}
-    missing = [i for i in refs if i not in outputs]
+    preds = {i: captions[i] if i in captions else "" for i in refs}
+    missing = [i for i in refs if i not in captions]
     coco = None if metrics is None else [m for m in metrics if m in METRIC_KEYS]
     scores, info = coco_caption_scores(preds, refs, meteor=meteor, metrics=coco)
     if metrics is None or set(metrics) & set(NLTK_BLEU_KEYS):
@@ -122,14 +142,16 @@ def score_outputs(outputs: dict[int, CaptionOutput], records: Sequence[ImageReco
         info["nltk_BLEU"] = ("nltk.translate.bleu_score.corpus_bleu on captioner.text.tokenize tokens, each image once "
                              "with all its references, no smoothing: for comparison with tutorials, not the COCO BLEU")
     info["images"] = len(refs)
-    info["unreadable_images"] = len(missing)
+    info[f"{absent}_images"] = len(missing)
     if missing:
-        info["unreadable_image_ids"] = sorted(missing)[:100]
-        info["unreadable_scored_as"] = "an empty caption"
+        info[f"{absent}_image_ids"] = sorted(missing)[:100]
+        info[f"{absent}_scored_as"] = "an empty caption"
     if objects is not None:
-        seen = [i for i in refs if i in outputs]  # attention exists only for images that were read
-        shapes, shapes_info = shapes_scores(preds, {i: outputs[i].words for i in seen},
-                                            {i: outputs[i].alphas for i in seen}, objects, image_sizes)
+        attention = words is not None and alphas is not None
+        seen = [i for i in refs if i in captions]  # attention exists only for images that have a caption
+        shapes, shapes_info = shapes_scores(preds, {i: words[i] for i in seen} if attention else None,
+                                            {i: alphas[i] for i in seen} if attention else None,
+                                            objects, image_sizes)
         scores.update(shapes)
         info.update(shapes_info)
     return scores, info

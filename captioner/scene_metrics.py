@@ -522,10 +522,10 @@ def attention_grounding(
 
 def shapes_scores(
     predictions: Mapping[Any, str],
-    words: Mapping[Any, list[str]],
-    alphas: Mapping[Any, np.ndarray],
+    words: Mapping[Any, list[str]] | None,
+    alphas: Mapping[Any, np.ndarray] | None,
     objects: Mapping[Any, list[dict]],
-    image_sizes: Mapping[Any, tuple[int, int]],
+    image_sizes: Mapping[Any, tuple[int, int]] | None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Every shapes-world score of a set of generated captions, and what they mean.
 
@@ -533,10 +533,12 @@ def shapes_scores(
         every score but grounding is computed over all of them.
     words, alphas: image id -> the caption's words and their attention ((T, h, w), or (T, h*w)
         with a square grid), for the images that have an output (a subset of predictions):
-        grounding is computed over those.
+        grounding is computed over those. None (either of them): captions without attention, such
+        as a results file's; grounding is not measured: grounding and grounding_chance are absent
+        from the scores, grounding_words from info, and info["grounding"] says why.
     objects: image id -> the image's objects ({"colour", "shape", "size", "bbox", ...}); it may hold
         other images too, and an image of predictions without an entry has no objects.
-    image_sizes: image id -> (W, H), the frame of the boxes; needed for every id of words.
+    image_sizes: image id -> (W, H), the frame of the boxes; needed for every id of words (unused without them).
 
     Returns (scores, info). scores: scene_accuracy, grounding, grounding_chance,
     relation_accuracy, relation_rate, position_accuracy, object_recall, CHAIR_i, CHAIR_s,
@@ -545,13 +547,15 @@ def shapes_scores(
     and counts_stated, and DESCRIPTIONS (keyed by score; an entry may describe a paired score too).
     """
     objs = {i: objects.get(i, []) for i in predictions}
-    seen = list(words)  # attention exists only for images that were read
-    g = attention_grounding({i: words[i] for i in seen}, {i: alphas[i] for i in seen},
-                            {i: objs[i] for i in seen}, {i: image_sizes[i] for i in seen})
+    g = None
+    if words is not None and alphas is not None:
+        seen = list(words)  # attention exists only for images that were read
+        g = attention_grounding({i: words[i] for i in seen}, {i: alphas[i] for i in seen},
+                                {i: objs[i] for i in seen}, {i: (image_sizes or {})[i] for i in seen})
     rel, pos, hal = relation_accuracy(predictions, objs), position_accuracy(predictions, objs), \
         hallucination(predictions, objs)
     scores = {"scene_accuracy": scene_accuracy(predictions, objs),
-              "grounding": g["grounding"], "grounding_chance": g["grounding_chance"],
+              **({"grounding": g["grounding"], "grounding_chance": g["grounding_chance"]} if g is not None else {}),
               "relation_accuracy": rel["relation_accuracy"], "relation_rate": rel["relation_rate"],
               "position_accuracy": pos["position_accuracy"], "object_recall": hal["object_recall"],
               "CHAIR_i": hal["CHAIR_i"], "CHAIR_s": hal["CHAIR_s"], "count_error_rate": hal["count_error_rate"]}
@@ -561,6 +565,9 @@ def shapes_scores(
     info = {"scene_accuracy_by_objects": {n: scene_accuracy({i: predictions[i] for i in group}, group)
                                           for n, group in sorted(by_count.items())},
             "relations_checked": rel["relations_checked"], "relations_by_form": rel["relations_by_form"],
-            "positions_checked": pos["positions_checked"], "grounding_words": g["grounding_words"],
+            "positions_checked": pos["positions_checked"],
+            **({"grounding_words": g["grounding_words"]} if g is not None else {}),
             **{k: hal[k] for k in ("object_mentions", "hallucinated_mentions", "counts_stated")}, **DESCRIPTIONS}
+    if g is None:
+        info["grounding"] = f"not measured: the captions came without attention maps ({DESCRIPTIONS['grounding']})"
     return scores, info
