@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import asdict
 
 from captioner.training import ENCODER_OPTIONS, TrainConfig
@@ -33,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each process its own GPU)")
     r.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
-    r.add_argument("--workers", type=int, default=4, help="DataLoader processes decoding images")
+    r.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader processes decoding images (default: 4, or the number of CPUs when fewer)")
     r.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
     r.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)

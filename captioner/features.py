@@ -22,7 +22,7 @@ import shutil
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -437,6 +437,12 @@ def reference_weights(captions: Sequence[str], prefer: str | None, weight: float
     return [weight if pattern.search(c) else 1.0 for c in captions]
 
 
+def _tokens(record: ImageRecord, tokens: Mapping[int, list[list[str]]] | None) -> list[list[str]]:
+    """The record's captions tokenised: from `tokens` (image id -> token lists) when the caller has
+    tokenised them already (training does, once, for the vocabulary too), else now."""
+    return tokens[record.image_id] if tokens is not None else [tokenize(c) for c in record.captions]
+
+
 class CaptionFeatureDataset(Dataset):
     """(features, caption tokens) pairs from a feature cache.
 
@@ -448,13 +454,13 @@ class CaptionFeatureDataset(Dataset):
 
     def __init__(self, cache: FeatureCache | FeatureView, records: Sequence[ImageRecord], vocab: Vocab,
                  max_len: int = 30, per_image: str = "one", seed: int = 0, prefer: str | None = None,
-                 prefer_weight: float = 1.0):
+                 prefer_weight: float = 1.0, tokens: Mapping[int, list[list[str]]] | None = None):
         if per_image not in ("one", "all"):
             raise ValueError(f"per_image must be 'one' or 'all', not {per_image!r}")
         by_id = {r.image_id: r for r in records}
         self.cache = cache
         self.image_ids = [i for i in cache.image_ids if i in by_id]
-        self.captions = [[vocab.encode(tokenize(c), max_len) for c in by_id[i].captions] for i in self.image_ids]
+        self.captions = [[vocab.encode(t, max_len) for t in _tokens(by_id[i], tokens)] for i in self.image_ids]
         self.weights = [reference_weights(by_id[i].captions, prefer, prefer_weight) for i in self.image_ids]
         self.per_image = per_image
         self.pairs = [(k, j) for k, caps in enumerate(self.captions) for j in range(len(caps))]
@@ -481,10 +487,11 @@ class ImageCaptionDataset(Dataset):
     """(image, caption tokens) pairs for end-to-end training with a fine-tuned encoder."""
 
     def __init__(self, records: Sequence[ImageRecord], vocab: Vocab, transform: Callable, image_size: int,
-                 max_len: int = 30, seed: int = 0, prefer: str | None = None, prefer_weight: float = 1.0):
+                 max_len: int = 30, seed: int = 0, prefer: str | None = None, prefer_weight: float = 1.0,
+                 tokens: Mapping[int, list[list[str]]] | None = None):
         self.records = list(records)
         self.images = ImageFileDataset([r.path for r in self.records], transform, image_size)
-        self.captions = [[vocab.encode(tokenize(c), max_len) for c in r.captions] for r in self.records]
+        self.captions = [[vocab.encode(t, max_len) for t in _tokens(r, tokens)] for r in self.records]
         self.weights = [reference_weights(r.captions, prefer, prefer_weight) for r in self.records]
         self.seed = seed
         self.epoch = 0

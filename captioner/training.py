@@ -351,13 +351,15 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
     train_records = _limit(source.split("train"), cfg.max_train_images)
     val_records = _limit(source.split(cfg.val_split), cfg.max_val_images)
 
+    # Tokenised once, for the vocabulary and the dataset (on COCO's 567k captions it takes minutes on a CPU).
+    tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in train_records}
     resume = load_checkpoint(resume_path) if resume_path else None
     if resume is not None:
         if "train" not in resume:
             raise ValueError(f"{resume_path} holds no training state (an exported model?): cannot resume from it")
         model = Captioner.from_model_state(resume["model"])
     else:
-        vocab = Vocab.build((tokenize(c) for r in train_records for c in r.captions), min_count=cfg.min_count)
+        vocab = Vocab.build((t for caps in tokens.values() for t in caps), min_count=cfg.min_count)
         model = Captioner.create(cfg.encoder_config(), vocab, **cfg.decoder_kwargs())
     if cfg.fine_tune_encoder:
         model.encoder.set_trainable(cfg.fine_tune_blocks)
@@ -371,11 +373,13 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
     feat_kw = dict(batch_size=16, num_workers=cfg.workers, device=device, progress=cfg.progress, dist=dist)
     if cfg.fine_tune_encoder:  # images decoded in the loader's workers; the encoder trains
         train_ds = ImageCaptionDataset(train_records, model.vocab, model.transform(), cfg.image_size,
-                                       cfg.max_caption_len, cfg.seed, cfg.prefer_captions, cfg.prefer_weight)
+                                       cfg.max_caption_len, cfg.seed, cfg.prefer_captions, cfg.prefer_weight,
+                                       tokens=tokens)
     else:  # the frozen encoder's features, computed once
         train_cache = cached_features(model.encoder, train_records, cfg.cache_dir, source.name, "train", **feat_kw)
         train_ds = CaptionFeatureDataset(train_cache, train_records, model.vocab, cfg.max_caption_len,
-                                         cfg.captions_per_image, cfg.seed, cfg.prefer_captions, cfg.prefer_weight)
+                                         cfg.captions_per_image, cfg.seed, cfg.prefer_captions, cfg.prefer_weight,
+                                         tokens=tokens)
     val_cache = split_features(model, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
     sampler = EpochSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
