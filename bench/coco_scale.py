@@ -10,10 +10,10 @@ it is there already). Then every stage runs as its own process, with the command
 types (printed), and is measured from outside, polling /proc every second: wall time; the peak
 resident memory (RSS) of its main process and the anonymous part of it (its own memory: RSS also
 counts file pages, such as a memory-mapped feature cache, that are the kernel's page cache), and
-the peak of the memory all its processes hold
-together (main, DataLoader workers, the Java scorers), as the sum of their proportional set sizes
-(PSS: a page shared by forked workers counts once, not once per process); disk added under ROOT
-(cache, runs). Stages:
+the peak of the memory all its processes hold together (main, DataLoader workers, the Java
+scorers), as the sum of their proportional set sizes (PSS: a page shared by forked workers counts
+once, not once per process) and of its anonymous part; disk added under ROOT (cache, runs).
+Stages:
 
   setup     reading the annotation files and building the vocabulary (what every run pays first)
   extract   extract_features.py --karpathy-json ... --splits train,val,test (resumable: run again)
@@ -89,25 +89,33 @@ def _rss(pid: int) -> tuple[int, int]:
     return rss, anon
 
 
-def _pss(pid: int) -> int:
-    """Proportional set size: pages shared by n processes count 1/n in each, so a sum over processes is
-    the memory they hold together (forked DataLoader workers share most of their parent's pages)."""
+def _pss(pid: int) -> tuple[int, int]:
+    """(proportional set size, its anonymous part): pages shared by n processes count 1/n in each, so a
+    sum over processes is the memory they hold together (forked DataLoader workers share most of their
+    parent's pages)."""
+    pss = anon = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-    except (OSError, ValueError, StopIteration):
-        return 0
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss_Anon:"):
+                    anon = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return pss, anon
 
 
-def tree_memory(pid: int) -> tuple[int, int, int]:
-    """(resident bytes of pid, its anonymous resident bytes, proportional bytes of pid and all its
-    descendants together)."""
-    children, total, todo = _children(), 0, [pid]
+def tree_memory(pid: int) -> tuple[int, int, int, int]:
+    """(resident bytes of pid, its anonymous part; proportional bytes of pid and all its descendants
+    together, their anonymous part)."""
+    children, total, anon, todo = _children(), 0, 0, [pid]
     while todo:
         p = todo.pop()
-        total += _pss(p)
+        pss, pss_anon = _pss(p)
+        total, anon = total + pss, anon + pss_anon
         todo.extend(children.get(p, []))
-    return (*_rss(pid), total)
+    return (*_rss(pid), total, anon)
 
 
 def disk_bytes(*paths: Path) -> int:
@@ -129,7 +137,7 @@ def disk_bytes(*paths: Path) -> int:
 def run_measured(cmd: list[str], log_path: Path, watch: list[Path], env: dict | None = None) -> dict:
     """Run cmd (its output to log_path), polling its memory; returns time, memory, disk and exit status."""
     before = disk_bytes(*[p for p in watch if p.exists()])
-    peak = {"main": 0, "anon": 0, "tree": 0}
+    peak = {"main": 0, "anon": 0, "tree": 0, "tree_anon": 0}
     start = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -137,7 +145,7 @@ def run_measured(cmd: list[str], log_path: Path, watch: list[Path], env: dict | 
 
         def poll() -> None:
             while not done.is_set():
-                for key, value in zip(("main", "anon", "tree"), tree_memory(proc.pid)):
+                for key, value in zip(("main", "anon", "tree", "tree_anon"), tree_memory(proc.pid)):
                     peak[key] = max(peak[key], value)
                 done.wait(POLL_S)
 
@@ -150,7 +158,8 @@ def run_measured(cmd: list[str], log_path: Path, watch: list[Path], env: dict | 
     after = disk_bytes(*[p for p in watch if p.exists()])
     return {"seconds": round(seconds, 1), "peak_rss_main_mb": round(peak["main"] / 2**20),
             "peak_anon_main_mb": round(peak["anon"] / 2**20),
-            "peak_pss_all_mb": round(peak["tree"] / 2**20), "disk_added_mb": round((after - before) / 2**20),
+            "peak_pss_all_mb": round(peak["tree"] / 2**20), "peak_pss_anon_all_mb": round(peak["tree_anon"] / 2**20),
+            "disk_added_mb": round((after - before) / 2**20),
             "exit_code": rc}
 
 
@@ -192,7 +201,7 @@ def _setup_costs(data: str) -> None:
                       "coco_train_images": len(coco.split("train")), "vocabulary": len(vocab)}))
 
 
-def stage_commands(args: argparse.Namespace, root: Path) -> dict[str, list[list[str]]]:
+def stage_commands(args: argparse.Namespace, root: Path) -> dict[str, list[str]]:
     """Each stage's command lines, as a user types them (python = this interpreter)."""
     py, data, cache, runs = sys.executable, root / "data", root / "cache", root / "runs"
     karpathy = ["--karpathy-json", f"{data}/dataset_coco.json", "--images", str(data)]
@@ -202,25 +211,25 @@ def stage_commands(args: argparse.Namespace, root: Path) -> dict[str, list[list[
     batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
     extract_batch = ["--batch-size", str(args.extract_batch_size)] if args.extract_batch_size else []
     return {
-        "setup": [[py, "bench/coco_scale.py", "--setup-only", str(data)]],
-        "extract": [[py, "extract_features.py", *karpathy, "--splits", "train,val,test", *common,
-                     *extract_batch, "--workers", str(args.workers)]],
-        "train": [[py, "train.py", *karpathy, "--out", f"{runs}/karpathy", *common, "--epochs", "1",
-                   *batch, "--workers", str(args.workers)]],
-        "evaluate": [[py, "evaluate.py", "--checkpoint", f"{runs}/karpathy/best.pt", *karpathy, "--split", "test",
-                      "--out", f"{runs}/eval", *common, "--workers", str(args.workers)]],
-        "caption": [[py, "caption.py", f"{data}/val2014", "--checkpoint", f"{runs}/karpathy/best.pt",
+        "setup": [py, "bench/coco_scale.py", "--setup-only", str(data)],
+        "extract": [py, "extract_features.py", *karpathy, "--splits", "train,val,test", *common,
+                     *extract_batch, "--workers", str(args.workers)],
+        "train": [py, "train.py", *karpathy, "--out", f"{runs}/karpathy", *common, "--epochs", "1",
+                   *batch, "--workers", str(args.workers)],
+        "evaluate": [py, "evaluate.py", "--checkpoint", f"{runs}/karpathy/best.pt", *karpathy, "--split", "test",
+                      "--out", f"{runs}/eval", *common, "--workers", str(args.workers)],
+        "caption": [py, "caption.py", f"{data}/val2014", "--checkpoint", f"{runs}/karpathy/best.pt",
                      "--format", "coco", "--image-ids", f"{data}/annotations/captions_val2014.json",
                      "--out", f"{runs}/results_val2014.json", "--overwrite", "--device", args.device,
-                     "--workers", str(args.workers), "--no-progress"]],
-        "score": [[py, "evaluate.py", "--results", f"{runs}/results_val2014.json",
+                     "--workers", str(args.workers), "--no-progress"],
+        "score": [py, "evaluate.py", "--results", f"{runs}/results_val2014.json",
                    "--coco-captions", f"val={data}/annotations/captions_val2014.json",
-                   "--images", f"val={data}/val2014", "--split", "val", "--out", f"{runs}/score"]],
-        "official": [[py, "train.py", "--coco-captions", f"train={data}/annotations/captions_train2014.json",
+                   "--images", f"val={data}/val2014", "--split", "val", "--out", f"{runs}/score"],
+        "official": [py, "train.py", "--coco-captions", f"train={data}/annotations/captions_train2014.json",
                       "--coco-captions", f"val={data}/annotations/captions_val2014.json",
                       "--images", f"train={data}/train2014", "--images", f"val={data}/val2014",
                       "--out", f"{runs}/coco2014", *common, "--epochs", "1", *official_extra,
-                      *batch, "--workers", str(args.workers)]],
+                      *batch, "--workers", str(args.workers)],
     }
 
 
@@ -245,10 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official-max-train-images", type=int, default=0,
                    help="bound the official path's training images (its own cache): 0 = all")
     p.add_argument("--seed", type=int, default=0, help="the dataset's seed")
+    p.add_argument("--table", nargs="+", metavar="ROOT",
+                   help="only print the stage x scale table of these rehearsals' ROOT/rehearsal.json")
     p.add_argument("--setup-only", metavar="DATA", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.setup_only:
         _setup_costs(args.setup_only)
+        return 0
+    if args.table:
+        print(scale_table([json.loads((Path(r) / "rehearsal.json").read_text()) for r in args.table]))
         return 0
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(stages) - set(STAGES)
@@ -283,36 +297,48 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages:
         if stage in fresh:
             _fresh(fresh[stage])
-        for cmd in commands[stage]:
-            print("$", shlex.join(cmd), flush=True)
-            log = root / "logs" / f"{stage}.log"
-            result = run_measured(cmd, log, [root / "cache", root / "runs"])
-            result["command"] = shlex.join(cmd)
-            line = last_json_line(log)
-            if line is not None:
-                result["output"] = line
-            report["stages"][stage] = result
-            atomic_write_json(report_path, report, indent=1)
-            print(f"  {stage}: {result['seconds']:.0f} s, peak RSS {result['peak_rss_main_mb']} MB "
-                  f"(anonymous {result['peak_anon_main_mb']} MB) "
-                  f"(all its processes together {result['peak_pss_all_mb']} MB), disk +{result['disk_added_mb']} MB, "
-                  f"exit {result['exit_code']}", flush=True)
-            if result["exit_code"]:
-                print(f"stage {stage} failed: see {log}", file=sys.stderr)
-                return 1
-    print(table(report))
+        cmd = commands[stage]
+        print("$", shlex.join(cmd), flush=True)
+        log = root / "logs" / f"{stage}.log"
+        result = run_measured(cmd, log, [root / "cache", root / "runs"])
+        result["command"] = shlex.join(cmd)
+        # a stage continued after a kill (extract_features.py resumes its chunks) took less than a whole run
+        result["resumed"] = "resuming" in log.read_text(errors="replace")
+        line = last_json_line(log)
+        if line is not None:
+            result["output"] = line
+        report["stages"][stage] = result
+        atomic_write_json(report_path, report, indent=1)
+        print(f"  {stage}: {result['seconds']:.0f} s, peak RSS {result['peak_rss_main_mb']} MB "
+              f"(anonymous {result['peak_anon_main_mb']} MB) "
+              f"(all its processes together {result['peak_pss_all_mb']} MB, anonymous "
+              f"{result['peak_pss_anon_all_mb']} MB), disk +{result['disk_added_mb']} MB, "
+              f"exit {result['exit_code']}{', resumed' if result['resumed'] else ''}", flush=True)
+        if result["exit_code"]:
+            print(f"stage {stage} failed: see {log}", file=sys.stderr)
+            return 1
+    print(scale_table([report]))
     return 0
 
 
-def table(report: dict) -> str:
-    rows = ["| stage | wall time | peak memory: main process RSS (anonymous) / all processes PSS | disk added |",
-            "|---|---|---|---|"]
+def scale_table(reports: list[dict]) -> str:
+    """Stage x scale: wall time; main process RSS (anonymous) / all processes' PSS (anonymous); disk added."""
+    reports = sorted(reports, key=lambda r: r["scale"])
+    head = "| stage | " + " | ".join(f"scale {r['scale']:g}: time, memory, disk" for r in reports) + " |"
+    rows = [head, "|---|" + "---|" * len(reports)]
     for stage in ("generate", *STAGES):
-        r = report["stages"].get(stage)
-        if r:
-            anon = f" ({r['peak_anon_main_mb']:,})" if "peak_anon_main_mb" in r else ""
-            rows.append(f"| {stage} | {r['seconds'] / 60:.1f} min | {r['peak_rss_main_mb']:,}{anon} / "
-                        f"{r['peak_pss_all_mb']:,} MB | {r['disk_added_mb']:,} MB |")
+        cells = []
+        for r in reports:
+            m = r["stages"].get(stage)
+            if not m:
+                cells.append("not run")
+                continue
+            anon = f" ({m['peak_anon_main_mb'] / 1024:.1f})" if "peak_anon_main_mb" in m else ""
+            all_anon = f" ({m['peak_pss_anon_all_mb'] / 1024:.1f})" if "peak_pss_anon_all_mb" in m else ""
+            resumed = " (resumed: partial)" if m.get("resumed") else ""
+            cells.append(f"{m['seconds'] / 60:.1f} min{resumed}, {m['peak_rss_main_mb'] / 1024:.1f}{anon} / "
+                         f"{m['peak_pss_all_mb'] / 1024:.1f}{all_anon} GB, +{m['disk_added_mb'] / 1024:.2f} GB")
+        rows.append(f"| {stage} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -63,7 +63,7 @@ from captioner.atomic import atomic_write_json  # noqa: E402
 
 log = logging.getLogger("coco_world")
 
-VERSION = 1  # bump on any change to what is written
+VERSION = 2  # bump on any change to what is written (2: a short caption lists the objects when it can)
 PARTS = ("train2014", "val2014")
 FULL = {"train2014": 82_783, "val2014": 40_504}
 KARPATHY_HELD = 5_000  # Karpathy val and test, each, from val2014
@@ -134,7 +134,7 @@ def _caption(rng: np.random.Generator, choices: Sequence[str], compact: Sequence
     if fits:
         core = fits[int(rng.integers(len(fits)))].split()
     else:  # shorter than every caption of the scene: what a short COCO caption does, name less
-        core = min(short, key=len) if (short := [c for c in compact if len(c) <= length]) else compact[-1]
+        core = max(short, key=len) if (short := [c for c in compact if len(c) <= length]) else compact[-1]
     k = max(0, length - len(core))
     filler = [_worker["words"][i] for i in np.searchsorted(_worker["cdf"], rng.random(k))]
     tokens = core + filler

@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
@@ -108,6 +109,22 @@ def test_caption_statistics(world):
     assert stats["karpathy_train_words_min5"] > 100  # shapes words + the commonest fillers
 
 
+def test_a_caption_too_short_for_the_scene_still_names_its_objects():
+    coco_world._init_worker(coco_world.filler_words(1000, set()))
+    objects = [{"colour": "red", "shape": "circle"}, {"colour": "blue", "shape": "star"}]
+    too_long = [" ".join(["word"] * 40)]  # no caption of the scene fits any drawn length
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for _ in range(200):
+        raw, tokens = coco_world._caption(rng, too_long, coco_world._compact(objects))
+        lengths.add(len(tokens))
+        if len(tokens) >= 7:  # the list fits: it is said (version 1 said only "two shapes")
+            assert tokens[:7] == "a red circle and a blue star".split(), raw
+        else:
+            assert tokens[:2] == ["two", "shapes"], raw
+    assert min(lengths) == 6 and max(lengths) > 7
+
+
 def test_deterministic_whatever_the_workers(world, tmp_path):
     again = coco_world.generate(tmp_path / "again", scale=SCALE, seed=0, workers=1)
     assert again["stats"] == json.loads((world / "coco_world.json").read_text())["stats"]
@@ -183,6 +200,7 @@ def test_rehearsal_measures_memory_and_disk(tmp_path):
     result = coco_scale.run_measured([sys.executable, "-c", script], tmp_path / "log.txt", [tmp_path / "w"])
     assert result["exit_code"] == 0
     assert result["peak_rss_main_mb"] >= 300 and result["peak_anon_main_mb"] >= 290 and result["peak_pss_all_mb"] >= 290
+    assert result["peak_pss_anon_all_mb"] >= 290
     assert result["disk_added_mb"] == 5
     failed = coco_scale.run_measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log2.txt", [])
     assert failed["exit_code"] == 3
