@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
+import gc
 import hashlib
 import io
 import json
@@ -85,6 +87,24 @@ def _read_text(path: str | os.PathLike[str], argument: str, what: str) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); is this really {what}?") from e
+
+
+def _gc_paused(reader):
+    """Run a reader with Python's cyclic garbage collector paused. Reading an annotation file builds
+    millions of small dicts, lists and records, and each batch of new containers triggers a
+    collection that walks all the older ones: reading COCO's 140 MB dataset_coco.json took 19x the
+    time of a tenth of it. Nothing a reader builds forms a reference cycle, so pausing loses
+    nothing; the collector's previous state is restored however the reader ends."""
+    @functools.wraps(reader)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return reader(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+    return paused
 
 
 def _load_json(path: str | os.PathLike[str], argument: str) -> Any:
@@ -153,6 +173,7 @@ def _check_coco_images(images: list[Any], file: str) -> None:
         seen_ids[img["id"]] = i
 
 
+@_gc_paused
 def read_coco_captions(
     annotation_file: str | os.PathLike[str],
     image_dir: str | os.PathLike[str],
@@ -276,6 +297,7 @@ def _karpathy_id(entry: dict, i: int, file: str, seen_ids: dict[int, int]) -> in
     return image_id
 
 
+@_gc_paused
 def read_karpathy(
     split_file: str | os.PathLike[str],
     image_root: str | os.PathLike[str],
@@ -418,6 +440,7 @@ def _flickr_records(
     return {s: sorted(by_split[s], key=lambda r: r.image_id) for s in sorted(by_split, key=_split_key)}
 
 
+@_gc_paused
 def read_flickr_token_file(
     token_file: str | os.PathLike[str],
     image_dir: str | os.PathLike[str],
@@ -513,6 +536,7 @@ def _csv_split(names: Iterable[str]) -> dict[str, str]:
     return split_of
 
 
+@_gc_paused
 def read_captions_csv(
     csv_file: str | os.PathLike[str],
     image_dir: str | os.PathLike[str],
@@ -570,6 +594,7 @@ def read_captions_csv(
     return result
 
 
+@_gc_paused
 def image_ids_by_file_name(path: str | os.PathLike[str]) -> dict[str, int]:
     """File name -> image id, by the readers' own rules, from a COCO captions or instances file
     (images[].file_name / id) or a Karpathy split file (images[].filename / cocoid, else imgid).

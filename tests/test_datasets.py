@@ -271,3 +271,30 @@ def test_split_summary_on_list():
     recs = [ImageRecord(1, "/x", "val", ("a", "b")), ImageRecord(2, "/y", "train", ("c",))]
     assert split_summary(recs) == "train: 1 images, 1 captions; val: 1 images, 2 captions"
     assert split_summary([]) == "no images"
+
+
+def test_readers_parse_with_the_garbage_collector_paused_and_restore_it(coco, karpathy, monkeypatch):
+    """COCO-sized files were read in superlinear time (the cyclic GC walking millions of new objects
+    again and again): the readers pause it while they build, and leave it as they found it."""
+    import gc
+
+    import captioner.datasets as datasets
+
+    seen = []
+    real_loads = datasets.json.loads
+    monkeypatch.setattr(datasets.json, "loads", lambda text: seen.append(gc.isenabled()) or real_loads(text))
+    ann, image_dir, _ = coco
+    split_file, root, _ = karpathy
+    assert gc.isenabled()
+    read_coco_captions(ann, image_dir, "val")
+    read_karpathy(split_file, root)
+    assert seen == [False, False] and gc.isenabled()
+    with pytest.raises(DatasetError):  # a failing read restores it too
+        read_karpathy(root / "missing.json", root)
+    assert gc.isenabled()
+    gc.disable()  # and a collector the caller had paused stays paused
+    try:
+        read_karpathy(split_file, root)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
