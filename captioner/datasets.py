@@ -421,9 +421,12 @@ def _read_text_lines(path: str | os.PathLike[str], argument: str, what: str) -> 
 
 
 def _flickr_records(
-    captions: Mapping[str, Sequence[str]], split_of: Mapping[str, str], image_dir: str, file: str
+    captions: Mapping[str, Sequence[str]], split_of: Mapping[str, str], image_dir: str | os.PathLike[str], file: str,
+    check_images: bool, folder_hint: str, note: str = "",
 ) -> dict[str, list[ImageRecord]]:
-    """Records of the images in split_of, by split (canonical split order), sorted by image id."""
+    """Records of the images in split_of, by split (canonical split order), sorted by image id; their
+    image files checked (folder_hint: which folder image_dir should be) and the splits logged."""
+    image_dir = os.fspath(image_dir)
     seen: dict[int, str] = {}
     for name in captions:
         image_id = flickr_image_id(name)
@@ -437,7 +440,12 @@ def _flickr_records(
         by_split.setdefault(split, []).append(
             ImageRecord(image_id=flickr_image_id(name), path=path, split=split, captions=tuple(captions[name]))
         )
-    return {s: sorted(by_split[s], key=lambda r: r.image_id) for s in sorted(by_split, key=_split_key)}
+    result = {s: sorted(by_split[s], key=lambda r: r.image_id) for s in sorted(by_split, key=_split_key)}
+    if check_images:
+        _check_images_exist([r for recs in result.values() for r in recs], file, image_dir, "image_dir",
+                            f"it should be the folder that directly holds the .jpg files, {folder_hint}")
+    log.info("%s: %s%s", file, split_summary(result), note)
+    return result
 
 
 @_gc_paused
@@ -511,15 +519,8 @@ def read_flickr_token_file(
     unlisted = len(captions) - len(split_of)
     if unlisted:
         log.info("%s: %d of %d images with captions are in no split list; ignored", file, unlisted, len(captions))
-    image_root = os.fspath(image_dir)
-    result = _flickr_records(captions, split_of, image_root, file)
-    if check_images:
-        _check_images_exist(
-            [r for recs in result.values() for r in recs], file, image_root, "image_dir",
-            "it should be the folder that directly holds the .jpg files, Flicker8k_Dataset/ in the original release",
-        )
-    log.info("%s: %s", file, split_summary(result))
-    return result
+    return _flickr_records(captions, split_of, image_dir, file, check_images,
+                           "Flicker8k_Dataset/ in the original release")
 
 
 def _csv_split(names: Iterable[str]) -> dict[str, str]:
@@ -583,15 +584,8 @@ def read_captions_csv(
     if len(captions) < 3:
         log.warning("%s: only %d images: all go to train (val and test need at least 3 images)", file, len(captions))
 
-    image_root = os.fspath(image_dir)
-    result = _flickr_records(captions, _csv_split(captions), image_root, file)
-    if check_images:
-        _check_images_exist(
-            [r for recs in result.values() for r in recs], file, image_root, "image_dir",
-            "it should be the folder that directly holds the .jpg files, Images/ beside captions.txt",
-        )
-    log.info("%s: %s (deterministic split by sha1 of the file names)", file, split_summary(result))
-    return result
+    return _flickr_records(captions, _csv_split(captions), image_dir, file, check_images,
+                           "Images/ beside captions.txt", " (deterministic split by sha1 of the file names)")
 
 
 @_gc_paused
