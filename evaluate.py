@@ -94,20 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_results(path: str | Path) -> dict[int, str]:
     """A COCO results file -> {image_id: caption}; SystemExit naming the file (and the entry) when it is not one."""
+    from captioner.datasets import DatasetError, read_json_file
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise SystemExit(f"{path}: file not found (check the --results argument)") from None
-    except IsADirectoryError:
-        raise SystemExit(f"{path}: a folder, not a results file (check the --results argument)") from None
-    except UnicodeDecodeError:
-        raise SystemExit(f"{path}: not UTF-8 text, so not JSON; expected {RESULTS_FORMAT}") from None
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}: not JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                         f"expected {RESULTS_FORMAT}") from None
-    except OSError as e:
-        raise SystemExit(f"{path}: cannot be read ({e.strerror or e})") from None
+        data = read_json_file(path, "--results", f"a results file, {RESULTS_FORMAT}")
+    except DatasetError as e:
+        raise SystemExit(str(e)) from None
     if not isinstance(data, list):
         hint = (" (it looks like a COCO annotations file: give that with --coco-captions, the captions to score "
                 "with --results)" if isinstance(data, dict) and "annotations" in data else "")

@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from .datasets import DatasetError, _is_int, _load_json, _require_list
+from .datasets import DatasetError, _is_int, _require_list, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def load_instances(path: str | os.PathLike[str], argument: str = "path") -> dict
     `argument` is what the message tells the user to check (a CLI passes its flag).
     """
     file = os.fspath(path)
-    data = _load_json(file, argument)
+    data = read_json_file(file, argument)
     hint = "is this a COCO instances_*.json file?"
     images = _require_list(data, "images", file, hint)
     annotations = _require_list(data, "annotations", file, hint)

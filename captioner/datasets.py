@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ImageRecord", "DatasetError", "read_coco_captions", "read_karpathy", "read_flickr_token_file",
-    "read_captions_csv", "flickr_image_id", "split_summary",
+    "read_captions_csv", "flickr_image_id", "split_summary", "read_json_file",
 ]
 
 # How many missing image paths an error message lists before summarising.
@@ -107,9 +107,10 @@ def _gc_paused(reader):
     return paused
 
 
-def _load_json(path: str | os.PathLike[str], argument: str) -> Any:
-    """Read a JSON file, turning every failure into a DatasetError naming the file."""
-    text = _read_text(path, argument, "a JSON file")
+def read_json_file(path: str | os.PathLike[str], argument: str, what: str = "a JSON file") -> Any:
+    """Read a JSON file, turning every failure into a DatasetError naming the file (`argument`: the
+    option that gave it; `what`: what it should be)."""
+    text = _read_text(path, argument, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -188,7 +189,7 @@ def read_coco_captions(
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string, got {split!r}")
     file = os.fspath(annotation_file)
-    data = _load_json(file, "annotation_file")
+    data = read_json_file(file, "annotation_file")
     hint = "is this a COCO captions_*.json file?"
     images = _require_list(data, "images", file, hint)
     annotations = _require_list(data, "annotations", file, hint)
@@ -313,7 +314,7 @@ def read_karpathy(
     produce an empty split.  Only returned records are checked for images.
     """
     file = os.fspath(split_file)
-    data = _load_json(file, "split_file")
+    data = read_json_file(file, "split_file")
     entries = _require_list(
         data, "images", file, "is this a Karpathy split file such as dataset_coco.json?"
     )
@@ -597,7 +598,7 @@ def image_ids_by_file_name(path: str | os.PathLike[str]) -> dict[str, int]:
     to write results under the ids a COCO scorer expects.
     """
     file = os.fspath(path)
-    images = _require_list(_load_json(file, "--image-ids"), "images", file,
+    images = _require_list(read_json_file(file, "--image-ids"), "images", file,
                            "expected a COCO captions/instances file or a Karpathy split file")
     if images and isinstance(images[0], dict) and "file_name" in images[0]:
         _check_coco_images(images, file)

@@ -193,8 +193,8 @@ def test_duplicate_image_id_is_refused(coco, tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (None, "file not found (check the --results argument)"),
-    ("[{\"image_id\": 1, \"caption\": \"a dog\"}", "not JSON (Expecting ',' delimiter at line 1 column"),
-    (b"\xff\xfe[]", "not UTF-8 text, so not JSON"),
+    ("[{\"image_id\": 1, \"caption\": \"a dog\"}", "not valid JSON: Expecting ',' delimiter at line 1 column"),
+    (b"\xff\xfe[]", "not UTF-8 text (bad byte at offset 0); is this really a results file"),
     ('{"images": [], "annotations": []}', "a JSON dict, expected a list [{\"image_id\": int, \"caption\": str}, ...] "
                                         "(the COCO results format) (it looks like a COCO annotations file"),
     ('{"1": "a dog"}', "a JSON dict, expected a list"),
@@ -221,7 +221,7 @@ def test_malformed_results_files_are_refused_naming_the_file(coco, tmp_path, con
 
 
 def test_a_folder_is_refused(coco, tmp_path):
-    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path}: a folder, not a results file")):
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path}: is a directory, expected a results file")):
         run(coco, tmp_path, tmp_path / "ev")
 
 
