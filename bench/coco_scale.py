@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -51,7 +52,6 @@ from captioner.atomic import atomic_write_json  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 STAGES = ("setup", "extract", "train", "evaluate", "caption", "score", "official")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 POLL_S = 1.0  # reading /proc costs: every 0.2 s took a fifth of a core from the stage it measured
 
 
@@ -73,37 +73,31 @@ def _children() -> dict[int, list[int]]:
     return out
 
 
-def _rss(pid: int) -> tuple[int, int]:
-    """(resident bytes, of which anonymous: the process's own memory, not file pages such as a memory-mapped
-    feature cache, which count in RSS but are the kernel's page cache, dropped under pressure)."""
-    rss = anon = 0
+def _kib_fields(path: str, names: tuple[str, ...]) -> list[int]:
+    """The "Name:  N kB" fields of a /proc file, in bytes (0 for a process that has gone)."""
+    found = dict.fromkeys(names, 0)
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
-                elif line.startswith("RssAnon:"):
-                    anon = int(line.split()[1]) * 1024
+                name, _, rest = line.partition(":")
+                if name in found:
+                    found[name] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return rss, anon
+    return [found[n] for n in names]
 
 
-def _pss(pid: int) -> tuple[int, int]:
+def _rss(pid: int) -> list[int]:
+    """(resident bytes, of which anonymous: the process's own memory, not file pages such as a memory-mapped
+    feature cache, which count in RSS but are the kernel's page cache, dropped under pressure)."""
+    return _kib_fields(f"/proc/{pid}/status", ("VmRSS", "RssAnon"))
+
+
+def _pss(pid: int) -> list[int]:
     """(proportional set size, its anonymous part): pages shared by n processes count 1/n in each, so a
     sum over processes is the memory they hold together (forked DataLoader workers share most of their
     parent's pages)."""
-    pss = anon = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                elif line.startswith("Pss_Anon:"):
-                    anon = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return pss, anon
+    return _kib_fields(f"/proc/{pid}/smaps_rollup", ("Pss", "Pss_Anon"))
 
 
 def tree_memory(pid: int) -> tuple[int, int, int, int]:
@@ -235,8 +229,6 @@ def stage_commands(args: argparse.Namespace, root: Path) -> dict[str, list[str]]
 
 def _fresh(path: Path) -> None:
     """A stage that writes a run folder starts it afresh (only this rehearsal's own folders)."""
-    import shutil
-
     if path.exists():
         shutil.rmtree(path)
 
