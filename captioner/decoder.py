@@ -1,9 +1,19 @@
-"""The attention LSTM decoder of Show, Attend and Tell (Xu et al. 2015, section 3).
+"""The attention LSTM decoder of Show, Attend and Tell (Xu et al. 2015, sections 3 and 4).
 
-Owns the soft (additive) attention, the LSTM step, the gating scalar beta, the deep output
-layer, the teacher-forced forward pass and the training loss with the doubly stochastic
-regulariser. Search (greedy / beam) lives in search.py and only calls `prepare`, `init_state`
-and `step`.
+Owns the attention (the additive scores alpha_t; the context read from them: soft, hard or none),
+the LSTM step, the gating scalar beta, the deep output layer, the teacher-forced forward pass
+and the training losses: cross-entropy with the doubly stochastic regulariser, and the hard
+attention's REINFORCE terms (section 4.1). Search (greedy / beam) lives in search.py and only
+calls `prepare`, `init_state` and `step`; sampling lives in sampling.py.
+
+Attention kinds (`DecoderConfig.attention`):
+- "soft": z_t = beta * sum_i alpha_ti a_i, the expectation (section 4.2).
+- "hard": in training, a location s_t ~ Multinoulli(alpha_t) is drawn and z_t = beta * a_{s_t};
+  with probability 0.5 per caption the expectation is used instead (the paper's variance
+  trick). At test time (search, and the teacher-forced forward without draws) the context is
+  the expectation, as for soft attention: see `step`.
+- "none": z_t = beta * the mean annotation vector at every step (alpha uniform): the same decoder
+  without attention, a Show-and-Tell-like baseline.
 """
 from __future__ import annotations
 
@@ -31,11 +41,17 @@ class DecoderConfig:
     # Append each cell's normalised (x, y) in [-1, 1] to its annotation vector (not in the paper): attention
     # sees where a cell is, and the context z_t = sum_i alpha_ti a_i then carries the attended location.
     coords: bool = False
+    attention: str = "soft"  # "soft" (section 4.2), "hard" (section 4.1: sampled locations in training), "none"
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(g) for g in self.grid)
         if self.gate not in ("scalar", "channel", "none"):
             raise ValueError(f"gate must be 'scalar', 'channel' or 'none', not {self.gate!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, not {self.attention!r}")
+
+
+ATTENTIONS = ("soft", "hard", "none")
 
 
 class SoftAttention(nn.Module):
@@ -51,12 +67,15 @@ class SoftAttention(nn.Module):
         self.hidden_proj = nn.Linear(hidden_dim, attention_dim, bias=False)
         self.score = nn.Linear(attention_dim, 1, bias=False)
 
-    def forward(self, feats: torch.Tensor, feat_proj: torch.Tensor, h: torch.Tensor):
-        # feats (B, N, C); feat_proj (B, N, A) precomputed once per image; h (B, n)
+    def weights(self, feat_proj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """alpha_t (B, N) from feat_proj (B, N, A), precomputed once per image, and h_{t-1} (B, n)."""
         e = self.score(torch.tanh(feat_proj + self.hidden_proj(h).unsqueeze(1))).squeeze(2)  # (B, N)
-        alpha = e.softmax(dim=1)  # (B, N)
-        context = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, C)
-        return context, alpha
+        return e.softmax(dim=1)
+
+    def forward(self, feats: torch.Tensor, feat_proj: torch.Tensor, h: torch.Tensor):
+        """(context (B, C), alpha (B, N)): the soft attention's expectation; feats (B, N, C)."""
+        alpha = self.weights(feat_proj, h)
+        return torch.bmm(alpha.unsqueeze(1), feats).squeeze(1), alpha
 
 
 class Decoder(nn.Module):
@@ -73,7 +92,8 @@ class Decoder(nn.Module):
         if cfg.feature_norm:
             self.feature_norm = nn.LayerNorm(C)
         self.embed = nn.Embedding(cfg.vocab_size, m)
-        self.attention = SoftAttention(D, n, cfg.attention_dim)
+        if cfg.attention != "none":  # no unused parameters (DDP would refuse them)
+            self.attention = SoftAttention(D, n, cfg.attention_dim)
         # Paper: c0, h0 are predicted from the mean annotation vector by two separate MLPs.
         self.init_h = nn.Linear(C, n)
         self.init_c = nn.Linear(C, n)
@@ -106,6 +126,8 @@ class Decoder(nn.Module):
             feats = feats + pos
         if self.cfg.coords:
             feats = torch.cat([feats, cell_coords(self.cfg.grid, feats).expand(feats.shape[0], -1, -1)], dim=2)
+        if self.cfg.attention == "none":
+            return feats, feats[:, :, :0]  # (B, N, 0): nothing to project
         return feats, self.attention.feat_proj(feats)
 
     def init_state(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,15 +136,39 @@ class Decoder(nn.Module):
 
     def step(self, prev_tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
              feats: torch.Tensor, feat_proj: torch.Tensor):
-        """One word. prev_tokens (B,) -> logits (B, V), h, c (B, n), alpha (B, N)."""
+        """One word. prev_tokens (B,) -> logits (B, V), h, c (B, n), alpha (B, N).
+
+        The context is the expectation under alpha_t for every attention kind. For hard attention
+        this is the test-time rule this project uses: training has seen it (the expectation
+        replaces the sample for half of the captions) and it makes search deterministic. The
+        authors' arctic-captions keeps sampling at test time (its sampler draws a location with
+        probability 0.5 per step), so repeated runs there give different captions.
+        """
+        logits, h, c, alpha, _ = self.draw_step(prev_tokens, h, c, feats, feat_proj)
+        return logits, h, c, alpha
+
+    def draw_step(self, prev_tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feats: torch.Tensor,
+                  feat_proj: torch.Tensor, u: torch.Tensor | None = None, sampled: torch.Tensor | None = None):
+        """`step` with hard attention's draw: u (B,) uniforms choose s_t ~ alpha_t (inverse CDF) for the rows
+        where `sampled` (B,) is true; the other rows read the expectation. Also returns the locations
+        (B,) long, -1 where the expectation was read (or without u)."""
         emb = self.embed(prev_tokens)  # (B, m)
-        context, alpha = self.attention(feats, feat_proj, h)  # attention uses h_{t-1}
+        if self.cfg.attention == "none":
+            alpha = feats.new_full(feats.shape[:2], 1.0 / feats.shape[1])  # (B, N): uniform, no parameters
+        else:
+            alpha = self.attention.weights(feat_proj, h)  # attention uses h_{t-1}
+        context = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, D): the expectation
+        loc = torch.full_like(prev_tokens, -1)
+        if u is not None and self.cfg.attention == "hard":
+            loc = torch.where(sampled, categorical(alpha.detach(), u), loc)  # (B,)
+            picked = feats[torch.arange(feats.shape[0], device=feats.device), loc.clamp(min=0)]  # (B, D): a_{s_t}
+            context = torch.where(sampled.unsqueeze(1), picked, context)
         if self.cfg.gate != "none":
-            context = torch.sigmoid(self.f_beta(h)) * context  # z_t = beta * sum_i alpha_ti a_i
+            context = torch.sigmoid(self.f_beta(h)) * context  # z_t = beta * context
         h, c = self.lstm(torch.cat([emb, context], dim=1), (h, c))
         # tanh on the sum as in the authors' reference code (arctic-captions); dropout on h_t and on the sum.
         logits = self.L_o(self.dropout(torch.tanh(emb + self.L_h(self.dropout(h)) + self.L_z(context))))
-        return logits, h, c, alpha
+        return logits, h, c, alpha, loc
 
     def compile_step(self, **kwargs) -> None:
         """torch.compile the one-word step that teacher forcing repeats (fixed shapes within a batch).
@@ -134,21 +180,39 @@ class Decoder(nn.Module):
         self._compiled_step = torch.compile(self.step, **kwargs)
 
     # --- teacher forcing ----------------------------------------------------------------
-    def forward(self, feats: torch.Tensor, tokens: torch.Tensor):
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor,
+                draws: tuple[torch.Tensor, torch.Tensor] | None = None):
         """feats (B, N, C); tokens (B, T) = <start> w1 .. <end> <pad>.. -> logits (B, T-1, V), alphas (B, T-1, N).
 
-        The whole batch runs every step (padding is masked in the loss), so nothing is sorted and
-        outputs stay in the caller's order.
+        With `draws` = (u (B, T-1) uniforms, sampled (B,) bool), hard attention reads sampled
+        locations (see draw_step) and a third output, the locations (B, T-1) (-1: expectation), is
+        returned. The whole batch runs every step (padding is masked in the loss), so nothing is
+        sorted and outputs stay in the caller's order.
         """
         feats, proj = self.prepare(feats)
         h, c = self.init_state(feats)
         step = self.__dict__.get("_compiled_step", self.step)
-        logits, alphas = [], []
+        logits, alphas, locs = [], [], []
         for t in range(tokens.shape[1] - 1):
-            lt, h, c, at = step(tokens[:, t], h, c, feats, proj)
+            if draws is None:
+                lt, h, c, at = step(tokens[:, t], h, c, feats, proj)
+            else:
+                lt, h, c, at, st = self.draw_step(tokens[:, t], h, c, feats, proj, draws[0][:, t], draws[1])
+                locs.append(st)
             logits.append(lt)
             alphas.append(at)
-        return torch.stack(logits, 1), torch.stack(alphas, 1)
+        if draws is None:
+            return torch.stack(logits, 1), torch.stack(alphas, 1)
+        return torch.stack(logits, 1), torch.stack(alphas, 1), torch.stack(locs, 1)
+
+
+def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index drawn from each row of probs (B, K) by inverse CDF with u (B,) uniform in [0, 1): the one way
+    this project samples (locations here, words in sampling.py), so that a draw is a function of u and
+    the same u give the same draws in one process or many."""
+    cdf = probs.float().cumsum(dim=1)  # (B, K)
+    idx = torch.searchsorted(cdf, (u.float() * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return idx.clamp(max=probs.shape[1] - 1)
 
 
 def cell_coords(grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
@@ -226,3 +290,33 @@ def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, tokens: torch.Tenso
     reduction = "sum" if objective == "paper" else att_reduction
     reg = attention_regularizer(alphas.float(), mask.float(), reduction) if att_lambda else ce.new_zeros(())
     return ce + att_lambda * reg, ce, reg
+
+
+def hard_attention_terms(logits: torch.Tensor, alphas: torch.Tensor, locations: torch.Tensor, tokens: torch.Tensor,
+                         baseline: float, objective: str = "token"):
+    """The terms section 4.1 adds to the cross-entropy for hard attention, as losses to minimise.
+
+    The gradient of the variational lower bound L_s, per caption with locations s~ drawn from
+    alpha (eq. 12, with the moving-average baseline b and the entropy term of eq. 13):
+        d log p(y|s~,a)/dW  +  lambda_r (log p(y|s~,a) - b) d log p(s~|a)/dW  +  lambda_e dH[s~]/dW.
+    The first is caption_loss's cross-entropy. Returned:
+      reinforce: -(log p(y|s~,a) - b) * sum_t log alpha_t(s~_t), the reward held constant (a score-function
+                 surrogate: its gradient is the REINFORCE term's, negated);
+      entropy:   sum_t H(alpha_t) over the caption's real steps;
+    both summed over captions and divided by caption_loss's count (tokens for "token", captions for
+    "paper"), so that lambda_r and lambda_e weigh them against the cross-entropy as in the paper.
+    Captions that read the expectation (locations -1) add no REINFORCE term. Also returns
+    log p(y|s~,a) (B,), detached: what the baseline averages.
+    """
+    targets = tokens[:, 1:]  # (B, T-1)
+    mask = targets != PAD_ID
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=PAD_ID, reduction="none")  # (B, T-1)
+    logp_y = -nll.sum(dim=1)  # (B,): log p(y | s~, a), the caption's log-likelihood
+    a = alphas.float()
+    took = mask & (locations >= 0)
+    logp_s = a.gather(2, locations.clamp(min=0).unsqueeze(2)).squeeze(2).clamp(min=1e-12).log() * took  # (B, T-1)
+    entropy = -(a * a.clamp(min=1e-12).log()).sum(dim=2) * mask  # (B, T-1): H(alpha_t)
+    count = mask.new_tensor(tokens.shape[0], dtype=torch.long) if objective == "paper" else mask.sum()
+    count = count.clamp(min=1)
+    reinforce = -((logp_y.detach() - baseline) * logp_s.sum(dim=1)).sum() / count
+    return reinforce, entropy.sum() / count, logp_y.detach()

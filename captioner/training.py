@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_json
 from .checkpoint import load_checkpoint, save_checkpoint
-from .decoder import OBJECTIVES, caption_loss
+from .decoder import ATTENTIONS, OBJECTIVES
 from .distributed import (
     ONE_PROCESS,
     Dist,
@@ -51,10 +51,10 @@ from .features import (
 )
 from .metrics import METRIC_KEYS
 from .model import Captioner
+from .objectives import make_objective, optimisation_step, policy_net  # noqa: F401 (optimisation_step: bench)
 from .options import option
 from .runtime import (
     amp_dtype,
-    autocast,
     resolve_device,
     rng_state,
     seed_everything,
@@ -63,14 +63,14 @@ from .runtime import (
 from .scene_metrics import SHAPES_METRICS
 from .search import DEFAULT_MAX_LEN
 from .sources import DataSource
-from .text import PAD_ID, Vocab, tokenize
+from .text import Vocab, tokenize
 
 log = logging.getLogger(__name__)
 
 
 ENCODER_OPTIONS = ("backbone", "encoder_weights", "image_size", "stages", "grid_size")  # what encoder_config() reads
 DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm",
-                   "coords")
+                   "coords", "attention")
 
 
 @dataclass
@@ -98,6 +98,14 @@ class TrainConfig:
     feature_norm: bool = option(True, "LayerNorm each annotation vector before attention (true/false)")
     coords: bool = option(False, "append each cell's (x, y) to its annotation vector, so attention and the context "
                                  "carry the attended location (true/false)")
+    attention: str = option("soft", "soft (the expectation, section 4.2), hard (a sampled location per word in "
+                                    "training, section 4.1; the expectation at test time), none (the mean annotation "
+                                    "vector every step: no attention)")
+    hard_lambda_r: float = option(0.1, "hard attention: weight lambda_r of the REINFORCE term "
+                                       "(log p(y|s,a) - b) d log p(s|a)")
+    hard_lambda_e: float = option(0.01, "hard attention: weight lambda_e of the attention entropy bonus")
+    hard_expectation_p: float = option(0.5, "hard attention: share of captions that read the expected context "
+                                            "instead of a sampled location (the paper's 0.5)")
     att_lambda: float = option(1.0, "weight lambda of the doubly stochastic attention regulariser")
     att_reduction: str = option("mean", "regulariser over the N locations: mean (the sum / N) or sum (as the paper "
                                         "writes it); used by --objective token")
@@ -113,6 +121,17 @@ class TrainConfig:
     prefer_captions: str | None = option(None, "with --captions-per-image one: a regular expression; references it "
                                                "finds something in are drawn --prefer-weight times as often")
     prefer_weight: float = option(1.0, "how much likelier a --prefer-captions reference is to be drawn")
+    # self-critical sequence training (a stage after cross-entropy training)
+    scst: bool = option(False, "self-critical training: sample captions, reward each with CIDEr-D against the "
+                               "image's references, baseline --scst-baseline (start it from --init-from)")
+    init_from: str | None = option(None, "start from this checkpoint's model (weights, vocabulary, model config); "
+                                         "the optimiser, schedule and epochs start afresh")
+    scst_samples: int = option(5, "self-critical training: captions sampled per image")
+    scst_baseline: str = option("greedy", "self-critical training's baseline: greedy (the reward of the greedy "
+                                          "caption, Rennie et al.) or mean (the mean reward of the image's other "
+                                          "samples)")
+    sample_max_len: int = option(DEFAULT_MAX_LEN, "self-critical training: most tokens per sampled or greedy caption, "
+                                                  "<end> included")
     # optimisation
     epochs: int = option(20, "epochs to train")
     batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")
@@ -166,6 +185,20 @@ class TrainConfig:
             re.compile(self.prefer_captions)  # a bad expression fails here, with re's message
         if self.prefer_weight <= 0:
             raise ValueError(f"prefer_weight must be positive, not {self.prefer_weight}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, not {self.attention!r}")
+        if not 0 <= self.hard_expectation_p <= 1:
+            raise ValueError(f"hard_expectation_p must be in [0, 1], not {self.hard_expectation_p}")
+        if self.scst_baseline not in ("greedy", "mean"):
+            raise ValueError(f"scst_baseline must be 'greedy' or 'mean', not {self.scst_baseline!r}")
+        if self.scst and self.scst_samples < (2 if self.scst_baseline == "mean" else 1):
+            raise ValueError(f"scst_samples must be at least {2 if self.scst_baseline == 'mean' else 1} with the "
+                             f"{self.scst_baseline} baseline, not {self.scst_samples}")
+        if self.scst and self.fine_tune_encoder:
+            raise ValueError("self-critical training runs on cached features: it does not fine-tune the encoder "
+                             "(drop --fine-tune-encoder)")
+        if self.sample_max_len < 1:
+            raise ValueError(f"sample_max_len must be >= 1, not {self.sample_max_len}")
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(backbone=self.backbone, image_size=self.image_size, stages=self.stages,
@@ -232,9 +265,26 @@ class TeacherForced(nn.Module):
         super().__init__()
         self.encoder, self.decoder, self.fine_tune = model.encoder, model.decoder, fine_tune
 
-    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor):
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, draws=None):
         feats = self.encoder(inputs) if self.fine_tune else inputs  # (B, N, C)
-        return self.decoder(feats, tokens)
+        return self.decoder(feats, tokens, draws)
+
+
+class ImageIndex(torch.utils.data.Dataset):
+    """One item per image of a CaptionFeatureDataset: (features (N, C), tensor([index])), the index into its
+    `captions` (every reference of the image): self-critical training's data."""
+
+    def __init__(self, ds: CaptionFeatureDataset):
+        self.ds, self.captions = ds, ds.captions
+
+    def set_epoch(self, epoch: int) -> None:
+        self.ds.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ds.image_ids)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.array(self.ds.cache.features(self.ds.image_ids[i]))), torch.tensor([i])
 
 
 def _resume_path(cfg: TrainConfig) -> str | None:
@@ -290,6 +340,7 @@ class _Run:
     resume: dict | None = None  # the "train" state of the checkpoint being resumed
     trainable: list = field(default_factory=list)
     steps_per_epoch: int = 0
+    objective: Any = None  # objectives.CrossEntropy / HardAttention / SelfCritical: one step, its own state
 
 
 def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dict[str, Any]:
@@ -308,16 +359,15 @@ def train(cfg: TrainConfig, source: DataSource, dist: Dist = ONE_PROCESS) -> dic
     step = start_epoch * run.steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
-        sums, step = train_one_epoch(run, epoch, step, writer)
-        loss_sum, ce_sum, reg_sum, n = sums
+        means, step = train_one_epoch(run, epoch, step, writer)
         train_time = time.time() - t0
         scores = _validate(run.model, cfg, run.val_cache, run.val_records, source, dist)
         value = scores[cfg.val_metric]
         improved = math.isfinite(value) and value > best["value"]  # NaN (e.g. no relation stated) never wins
         if improved:
             best = {"epoch": epoch, "value": value}
-        history.append({"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "ce": ce_sum / max(n, 1),
-                        "reg": reg_sum / max(n, 1), "lr": run.optimizer.param_groups[0]["lr"], "val": scores,
+        history.append({"epoch": epoch + 1, **means, "stage": run.objective.stage,
+                        "lr": run.optimizer.param_groups[0]["lr"], "val": scores,
                         "val_images": len(run.val_records),
                         "train_seconds": round(train_time, 2), "seconds": round(time.time() - t0, 2)})
         _checkpoint(run, epoch, history, best, improved, writer)
@@ -358,7 +408,14 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
         if "train" not in resume:
             raise ValueError(f"{resume_path} holds no training state (an exported model?): cannot resume from it")
         model = Captioner.from_model_state(resume["model"])
+    elif cfg.init_from:  # a later stage (e.g. self-critical) starts from an earlier run's model
+        model = Captioner.from_model_state(load_checkpoint(cfg.init_from)["model"])
+        log.info("model from %s (%s attention); its model config and vocabulary are kept", cfg.init_from,
+                 model.cfg.decoder.attention)
     else:
+        if cfg.scst:
+            raise ValueError("self-critical training starts from a trained model: give --init-from PATH "
+                             "(a cross-entropy run's best.pt)")
         vocab = Vocab.build((t for caps in tokens.values() for t in caps), min_count=cfg.min_count)
         model = Captioner.create(cfg.encoder_config(), vocab, **cfg.decoder_kwargs())
     if cfg.fine_tune_encoder:
@@ -382,18 +439,22 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
                                          tokens=tokens)
     val_cache = split_features(model, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
+    if cfg.scst:  # one item per image: its features and its index (the references come from train_ds)
+        train_ds = ImageIndex(train_ds)
     sampler = EpochSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
 
     if cfg.compile:
         model.decoder.compile_step()
         if cfg.fine_tune_encoder:
             model.encoder.compile()
-    net = TeacherForced(model, cfg.fine_tune_encoder)
+    net = policy_net(model, cfg.scst) or TeacherForced(model, cfg.fine_tune_encoder)
     if dist.enabled:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       broadcast_buffers=cfg.fine_tune_encoder)
-    return _Run(cfg, source, dist, out, device, dtype, local_batch, model, net, train_ds, sampler, val_records,
-                val_cache, resume=resume["train"] if resume is not None else None)
+    run = _Run(cfg, source, dist, out, device, dtype, local_batch, model, net, train_ds, sampler, val_records,
+               val_cache, resume=resume["train"] if resume is not None else None)
+    run.objective = make_objective(run)
+    return run
 
 
 def _optimisation(run: _Run) -> None:
@@ -425,6 +486,10 @@ def _restore(run: _Run, resume_path: str | None) -> tuple[int, list, dict]:
                          f"(saved by an earlier release?): {e}. Its weights still load: evaluate or export it, "
                          "or resume it with the release that wrote it") from None
     run.scheduler.load_state_dict(t["scheduler"])
+    if t.get("stage", "xe") != run.objective.stage:
+        raise ValueError(f"cannot resume {resume_path}: it is a {t.get('stage', 'xe')} run and this one is "
+                         f"{run.objective.stage} (start a later stage with --init-from)")
+    run.objective.load_state_dict(t.get("objective", {}))
     if run.scaler is not None and t.get("scaler"):
         run.scaler.load_state_dict(t["scaler"])
     start_epoch = t["epoch"] + 1
@@ -439,16 +504,10 @@ def _restore(run: _Run, resume_path: str | None) -> tuple[int, list, dict]:
     return start_epoch, list(t["history"]), dict(t["best"])
 
 
-def train_one_epoch(run: _Run, epoch: int, step: int, writer: _Writer | None,
-                    step_fn: Callable | None = None) -> tuple[list[float], int]:
-    """One pass over this epoch's permutation. Returns the (loss, ce, reg, batches) sums over all
-    ranks and the global step count after it.
-
-    `step_fn` is the optimisation step (default: `optimisation_step`, teacher-forced cross-entropy
-    with the regulariser): the seam where another objective over the same batches slots in.
-    """
+def train_one_epoch(run: _Run, epoch: int, step: int, writer: _Writer | None) -> tuple[dict[str, float], int]:
+    """One pass over this epoch's permutation, one `run.objective` step per batch. Returns the means over
+    all ranks' batches of what the objective reports (loss, ...), and the global step count after it."""
     cfg, dist, device = run.cfg, run.dist, run.device
-    step_fn = step_fn or optimisation_step
     run.train_ds.set_epoch(epoch)
     run.sampler.set_epoch(epoch)
     # Its own generator: drawing the workers' base seed must not move the global RNG (dropout).
@@ -456,7 +515,8 @@ def train_one_epoch(run: _Run, epoch: int, step: int, writer: _Writer | None,
                         collate_fn=collate_captions, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
     run.model.train()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, ce, reg, batches: summed on the device
+    sums: dict[str, torch.Tensor] = {}  # summed on the device: .item() would wait for the GPU every step
+    batches = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                disable=not (cfg.progress and dist.main), leave=False)
     for batch in bar:
@@ -469,17 +529,24 @@ def train_one_epoch(run: _Run, epoch: int, step: int, writer: _Writer | None,
         if batch is None:
             continue
         inputs, tokens = (x.to(device, non_blocking=True) for x in batch)
-        loss, ce, reg = step_fn(run.net, run.optimizer, run.scaler, run.trainable, inputs, tokens, cfg, dist,
-                                run.dtype)
+        stats = run.objective(inputs, tokens, step)
         run.scheduler.step()
         step += 1
-        sums += torch.stack([loss, ce, reg, torch.ones((), device=device)]).double()
+        batches += 1
+        for k, v in stats.items():
+            sums[k] = sums[k] + v.double() if k in sums else v.double().clone()
         if step % 20 == 0 and writer is not None:  # .item() waits for the GPU: not every step
-            writer.scalar("train/loss", loss.item(), step)
+            for k in ("loss", "reward", "baseline"):
+                if k in stats:
+                    writer.scalar(f"train/{k}", stats[k].item(), step)
             writer.scalar("train/lr", run.optimizer.param_groups[0]["lr"], step)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    all_reduce_sum(dist, sums)
-    return sums.tolist(), step
+            bar.set_postfix(loss=f"{stats['loss'].item():.3f}")
+    keys = sorted(sums)
+    total = torch.stack([sums[k] for k in keys] + [torch.tensor(float(batches), device=device, dtype=torch.float64)]) \
+        if keys else torch.zeros(1, device=device, dtype=torch.float64)
+    all_reduce_sum(dist, total)
+    n = max(total[-1].item(), 1.0)
+    return {k: v / n for k, v in zip(keys, total[:-1].tolist())}, step
 
 
 def _checkpoint(run: _Run, epoch: int, history: list, best: dict, improved: bool, writer: _Writer | None) -> None:
@@ -493,64 +560,26 @@ def _checkpoint(run: _Run, epoch: int, history: list, best: dict, improved: bool
     scores = entry["val"]
     for k, v in scores.items():
         writer.scalar(f"val/{k}", v, epoch + 1)
-    writer.scalar("train/epoch_loss", entry["loss"], epoch + 1)
+    for k in ("loss", "reward", "baseline"):
+        if k in entry:
+            writer.scalar(f"train/epoch_{k}", entry[k], epoch + 1)
     payload = {"model": run.model.model_state(),
                "train": {"epoch": epoch, "optimizer": run.optimizer.state_dict(),
                          "scheduler": run.scheduler.state_dict(),
                          "scaler": run.scaler.state_dict() if run.scaler is not None else None,
                          "rng": rngs[0], "rng_ranks": rngs, "history": history, "best": best,
-                         "config": asdict(cfg), "world": dist.world},
-               "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": run.source.name}}
+                         "config": asdict(cfg), "world": dist.world, "stage": run.objective.stage,
+                         "objective": run.objective.state_dict()},
+               "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": run.source.name,
+                        "stage": run.objective.stage, "attention": run.model.cfg.decoder.attention}}
     if improved:
         save_checkpoint(payload, run.out / "best.pt")
     save_checkpoint(payload, run.out / "last.pt")
     atomic_write_json(run.out / "history.json", history, indent=2)
-    log.info("epoch %d/%d  loss %.4f (ce %.4f reg %.4f)  val BLEU-4 %.4f CIDEr %.4f%s  lr %.2e  %.0fs",
-             epoch + 1, cfg.epochs, entry["loss"], entry["ce"], entry["reg"], scores["BLEU-4"],
+    parts = " ".join(f"{k} {entry[k]:.4f}" for k in _LOGGED if k in entry)
+    log.info("epoch %d/%d  %s  loss %.4f (%s)  val BLEU-4 %.4f CIDEr %.4f%s  lr %.2e  %.0fs",
+             epoch + 1, cfg.epochs, entry["stage"], entry["loss"], parts, scores["BLEU-4"],
              scores["CIDEr"], "  *best*" if improved else "", entry["lr"], entry["seconds"])
 
 
-def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, trainable: list, inputs: torch.Tensor,
-                      tokens: torch.Tensor, cfg: TrainConfig, dist: Dist = ONE_PROCESS,
-                      dtype: torch.dtype | None = None):
-    """One forward/backward/update on a batch already on the device (the learning-rate schedule steps outside).
-
-    Returns the detached (loss, cross-entropy, regulariser) of this rank's batch; under DDP
-    rescaled as below, so that their mean over the ranks is the global batch's value.
-    """
-    with autocast(inputs.device, dtype):
-        logits, alphas = net(inputs, tokens)
-        loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction, cfg.objective)
-    if dist.enabled:
-        ce, reg = _global_normalised(dist, ce, reg, tokens, per_caption=cfg.objective == "paper")
-        loss = ce + cfg.att_lambda * reg
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    if cfg.grad_clip > 0:  # max_norm 0 would scale every gradient to 0
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return loss.detach(), ce.detach(), reg.detach()
-
-
-def _global_normalised(dist: Dist, ce: torch.Tensor, reg: torch.Tensor, tokens: torch.Tensor,
-                       per_caption: bool = False):
-    """This rank's terms rescaled so that DDP's gradient average equals the one-process gradient.
-
-    caption_loss averages over this rank's tokens (cross-entropy; over its captions with
-    per_caption, the paper's objective) and images (regulariser).
-    Multiplying by local count / (global count / world) turns DDP's mean over ranks into the
-    mean over all tokens and images of the global batch. The counts stay on the device.
-    """
-    counts = torch.stack([(tokens[:, 1:] != PAD_ID).sum(), torch.tensor(tokens.shape[0], device=tokens.device)])
-    local = counts.float()
-    glob = all_reduce_sum(dist, counts.clone()).float() / dist.world
-    k = 1 if per_caption else 0
-    return ce * (local[k] / glob[k]), reg * (local[1] / glob[1])
+_LOGGED = ("ce", "reg", "reinforce", "entropy", "baseline", "reward", "greedy_reward", "sample_len")

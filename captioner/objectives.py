@@ -1,0 +1,234 @@
+"""Training objectives: one optimisation step each, over the batches the training loop hands them.
+
+- `CrossEntropy`: teacher forcing, cross-entropy + the doubly stochastic regulariser (soft
+  attention, no attention, and hard attention's expectation at test time all train with it).
+- `HardAttention`: section 4.1 of Show, Attend and Tell: teacher forcing with sampled attention
+  locations, the REINFORCE term with a moving-average baseline on log p(y|s,a), the entropy
+  bonus, and the expectation in place of the sample for a share of the captions.
+- `SelfCritical`: Rennie et al. 2017: captions sampled from the model, rewarded with CIDEr-D
+  (document frequencies from the training references, computed once), minus a baseline (the
+  greedy caption's reward, or the mean reward of the image's other samples).
+
+Each is made once per run (`make_objective`), is called as `objective(inputs, tokens, step)` and
+returns named scalars (detached tensors) that the loop sums and logs; its own state (the hard
+attention's baseline) goes into the checkpoint through state_dict / load_state_dict. Random
+draws come from sampling.py, keyed by the global step, so resuming and DDP draw what one
+uninterrupted process draws. Under DDP every loss is rescaled so that DDP's mean over the ranks
+is the global batch's mean (`global_factors`).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .decoder import caption_loss, hard_attention_terms
+from .distributed import ONE_PROCESS, Dist, all_reduce_sum
+from .reward import CiderD
+from .runtime import autocast
+from .sampling import WORDS, SampledCaptions, hard_draws, uniforms, words_of
+from .search import greedy_search
+from .text import END_ID, PAD_ID, START_ID
+
+
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, trainable: list, grad_clip: float) -> None:
+    """Backward, clip the global gradient norm (0 or less: no clipping), step (through the fp16 GradScaler if any)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip > 0:  # max_norm 0 would scale every gradient to 0
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def global_factors(dist: Dist, tokens: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token factor, row factor): local count / (global count / world) for this rank's tokens and rows.
+
+    A term averaged over this rank's tokens (or rows: captions, images) times its factor has, as its
+    mean over the ranks (what DDP's gradient average takes), the mean over the global batch.
+    """
+    rows = tokens.shape[0] if rows is None else rows
+    counts = torch.stack([(tokens[:, 1:] != PAD_ID).sum(), torch.tensor(rows, device=tokens.device)])
+    local = counts.float()
+    glob = all_reduce_sum(dist, counts.clone()).float() / dist.world
+    return local[0] / glob[0], local[1] / glob[1]
+
+
+def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, trainable: list, inputs: torch.Tensor,
+                      tokens: torch.Tensor, cfg: Any, dist: Dist = ONE_PROCESS, dtype: torch.dtype | None = None):
+    """One teacher-forced cross-entropy step on a batch already on the device (the schedule steps outside).
+
+    Returns the detached (loss, cross-entropy, regulariser) of this rank's batch; under DDP
+    rescaled so that their mean over the ranks is the global batch's value.
+    """
+    with autocast(inputs.device, dtype):
+        logits, alphas = net(inputs, tokens)
+        loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction, cfg.objective)
+    if dist.enabled:
+        f_tok, f_row = global_factors(dist, tokens)
+        ce = ce * (f_row if cfg.objective == "paper" else f_tok)
+        reg = reg * f_row
+        loss = ce + cfg.att_lambda * reg
+    update(loss, optimizer, scaler, trainable, cfg.grad_clip)
+    return loss.detach(), ce.detach(), reg.detach()
+
+
+class CrossEntropy:
+    """Teacher-forced cross-entropy + lambda x the doubly stochastic regulariser."""
+
+    stage = "xe"
+
+    def __init__(self, run: Any):
+        self.run = run
+
+    def __call__(self, inputs: torch.Tensor, tokens: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        r = self.run
+        loss, ce, reg = optimisation_step(r.net, r.optimizer, r.scaler, r.trainable, inputs, tokens, r.cfg, r.dist,
+                                          r.dtype)
+        return {"loss": loss, "ce": ce, "reg": reg}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class HardAttention(CrossEntropy):
+    """Section 4.1: sampled locations, REINFORCE with the moving-average baseline, the entropy bonus.
+
+    b <- 0.9 b + 0.1 mean log p(y|s~,a) after each step (over the global batch); b starts at 0,
+    as in the authors' code.
+    """
+
+    def __init__(self, run: Any):
+        super().__init__(run)
+        self.baseline = 0.0
+
+    def __call__(self, inputs: torch.Tensor, tokens: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        r, cfg, dist = self.run, self.run.cfg, self.run.dist
+        draws = hard_draws(cfg.seed, step, tokens.shape[0], tokens.shape[1] - 1, cfg.hard_expectation_p, dist,
+                           inputs.device)
+        with autocast(inputs.device, r.dtype):
+            logits, alphas, locations = r.net(inputs, tokens, draws)
+            _, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction, cfg.objective)
+            reinforce, entropy, logp_y = hard_attention_terms(logits, alphas, locations, tokens, self.baseline,
+                                                              cfg.objective)
+        if dist.enabled:
+            f_tok, f_row = global_factors(dist, tokens)
+            f_ce = f_row if cfg.objective == "paper" else f_tok
+            ce, reinforce, entropy, reg = ce * f_ce, reinforce * f_ce, entropy * f_ce, reg * f_row
+        loss = ce + cfg.att_lambda * reg + cfg.hard_lambda_r * reinforce - cfg.hard_lambda_e * entropy
+        update(loss, r.optimizer, r.scaler, r.trainable, cfg.grad_clip)
+        mean_logp = all_reduce_sum(dist, torch.stack([logp_y.sum(), logp_y.new_tensor(logp_y.numel())]))
+        used = self.baseline
+        self.baseline = 0.9 * self.baseline + 0.1 * float(mean_logp[0] / mean_logp[1])
+        return {"loss": loss.detach(), "ce": ce.detach(), "reg": reg.detach(), "reinforce": reinforce.detach(),
+                "entropy": entropy.detach(), "baseline": loss.new_tensor(used).detach(),
+                "sampled": draws[1].float().mean().to(loss.device)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.baseline = float(state.get("baseline", 0.0))
+
+
+class SelfCritical:
+    """Rennie et al. 2017: minimise -(r(w^s) - b) log p(w^s) over K sampled captions w^s per image.
+
+    r is CIDEr-D against the image's training references (document frequencies from all training
+    references, once); b is the reward of the greedy caption (decoded in eval mode, no gradient:
+    the model at test time) or, with baseline "mean", the mean reward of the image's other K-1
+    samples. The loss is averaged over the sampled captions. With hard attention the sampled
+    locations are part of the policy: log p(w^s) includes their log alpha_t(s_t).
+    The batch's `tokens` are dataset indices (one row per image), from which the references come.
+    """
+
+    stage = "scst"
+
+    def __init__(self, run: Any):
+        self.run = run
+        refs = [[_words(c) for c in caps] for caps in run.train_ds.captions]  # word ids, no <start>/<end>
+        self.cider = CiderD(refs)
+        self.refs = refs
+        self._prepared: dict[int, Any] = {}
+
+    def _references(self, k: int):
+        if k not in self._prepared:
+            self._prepared[k] = self.cider.prepare(self.refs[k])
+        return self._prepared[k]
+
+    def __call__(self, inputs: torch.Tensor, index: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        r, cfg, dist = self.run, self.run.cfg, self.run.dist
+        t0 = time.perf_counter()
+        B, K, L = inputs.shape[0], cfg.scst_samples, cfg.sample_max_len
+        images = index[:, 0].tolist()
+        with torch.no_grad():
+            greedy = greedy_search(_eval(r.model.decoder), inputs.float(), L) if cfg.scst_baseline == "greedy" else None
+            r.model.decoder.train()
+        u = uniforms(cfg.seed, step, WORDS, B, (K, L), dist, inputs.device).reshape(B * K, L)
+        locs = None
+        if r.model.cfg.decoder.attention == "hard":
+            locs = hard_draws(cfg.seed, step, B, L, cfg.hard_expectation_p, dist, inputs.device, samples=K)
+        with autocast(inputs.device, r.dtype):
+            tokens, logp, loc_logp, _ = r.net(inputs.repeat_interleave(K, dim=0), u, locs)
+        t1 = time.perf_counter()
+        refs = [self._references(k) for k in images]
+        sample_r = self.cider.score_batch(words_of(tokens), [ref for ref in refs for _ in range(K)]).reshape(B, K)
+        if greedy is not None:
+            base = self.cider.score_batch([g.best.tokens for g in greedy], refs)[:, None].repeat(K, axis=1)
+        else:
+            base = (sample_r.sum(axis=1, keepdims=True) - sample_r) / (K - 1)
+        reward_s = time.perf_counter() - t1
+        reward = torch.as_tensor(sample_r, dtype=torch.float32, device=inputs.device)
+        adv = (reward - torch.as_tensor(base, dtype=torch.float32, device=inputs.device)).reshape(B * K)
+        loss = -(adv * (logp + loc_logp).sum(dim=1)).mean()
+        if dist.enabled:
+            _, f_row = global_factors(dist, index, rows=B)
+            loss = loss * f_row
+        update(loss, r.optimizer, r.scaler, r.trainable, cfg.grad_clip)
+        lengths = (tokens != PAD_ID).sum(dim=1).float()  # <end> included
+        step_s = time.perf_counter() - t0
+        return {"loss": loss.detach(), "reward": reward.mean(), "baseline": reward.new_tensor(base.mean()),
+                "greedy_reward": reward.new_tensor(base.mean() if greedy is not None else float("nan")),
+                "sample_len": lengths.mean(), "reward_seconds": reward.new_tensor(reward_s),
+                "step_seconds": reward.new_tensor(step_s)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _words(encoded: list[int]) -> tuple[int, ...]:
+    return tuple(w for w in encoded if w not in (START_ID, END_ID, PAD_ID))
+
+
+def _eval(decoder: nn.Module) -> nn.Module:
+    decoder.eval()
+    return decoder
+
+
+def make_objective(run: Any):
+    """The run's objective: SelfCritical with --scst, HardAttention for a hard-attention model, else CrossEntropy."""
+    if run.cfg.scst:
+        return SelfCritical(run)
+    if run.model.cfg.decoder.attention == "hard":
+        return HardAttention(run)
+    return CrossEntropy(run)
+
+
+def policy_net(model: nn.Module, scst: bool) -> nn.Module | None:
+    """What DDP wraps for self-critical training: the sampler over the model's decoder (None otherwise)."""
+    return SampledCaptions(model.decoder) if scst else None

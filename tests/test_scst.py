@@ -1,0 +1,171 @@
+"""Self-critical sequence training (Rennie et al. 2017): the sampler, the sign of its gradient, a tiny
+run whose reward rises, resume and DDP equivalence (a real torchrun, two CPU processes).
+
+The CIDEr-D reward itself is tested against pycocoevalcap in test_reward.py.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_ddp import run as run_ok
+from test_ddp import torchrun
+
+import train
+from captioner.checkpoint import load_checkpoint
+from captioner.decoder import Decoder, DecoderConfig
+from captioner.objectives import SelfCritical
+from captioner.sampling import WORDS, SampledCaptions, uniforms, words_of
+from captioner.search import BLOCKED, greedy_search
+from captioner.text import END_ID, PAD_ID, START_ID
+from captioner.training import TrainConfig
+from procs import kill_when
+from tiny import make_world, train_args
+
+ROOT = Path(__file__).resolve().parents[1]
+V, N, C, L = 40, 6, 8, 6
+
+
+def decoder(seed: int = 0, attention: str = "soft") -> Decoder:
+    torch.manual_seed(seed)
+    return Decoder(DecoderConfig(vocab_size=V, feature_dim=C, grid=(2, 3), embed_dim=8, attention_dim=8,
+                                 hidden_dim=16, dropout=0.0, attention=attention))
+
+
+def feats(rows: int = 1, seed: int = 1) -> torch.Tensor:
+    return torch.randn(rows, N, C, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("attention", ["soft", "hard"])
+def test_sampled_captions_end_never_use_blocked_words_and_are_a_function_of_the_draws(attention):
+    dec = decoder(attention=attention)
+    f = feats(8)
+    u = torch.rand(8, L, generator=torch.Generator().manual_seed(2))
+    locs = (torch.rand(8, L, generator=torch.Generator().manual_seed(3)), torch.arange(8) % 2 == 0)
+    sampler = SampledCaptions(dec)
+    tokens, logp, loc_logp, alphas = sampler(f, u, locs if attention == "hard" else None)
+    again = sampler(f, u, locs if attention == "hard" else None)[0]
+    assert torch.equal(tokens, again)
+    assert tokens.shape == logp.shape == loc_logp.shape and tokens.shape[1] <= L and alphas.shape[2] == N
+    assert not any(w in BLOCKED for w in tokens.flatten().tolist() if w != PAD_ID)
+    for row, lp in zip(tokens.tolist(), logp):
+        if END_ID in row:  # nothing after <end>: <pad>, with log-probability 0
+            e = row.index(END_ID)
+            assert set(row[e + 1:]) <= {PAD_ID} and (lp[e + 1:] == 0).all()
+        assert (lp[: len(row)] <= 0).all()
+    assert torch.isfinite(logp).all() and logp.requires_grad
+    if attention == "hard":  # captions that drew locations have their log-probabilities; the others none
+        assert (loc_logp[1::2] == 0).all() and (loc_logp[0::2] < 0).any()
+    else:
+        assert (loc_logp == 0).all()
+    assert not torch.equal(tokens, sampler(f, torch.rand(8, L, generator=torch.Generator().manual_seed(9)))[0])
+
+
+def sequence_logp(dec: Decoder, f: torch.Tensor, words: list[int]) -> float:
+    """log p(words, <end>) under the sampling distribution (blocked words removed, renormalised)."""
+    tokens = torch.tensor([[START_ID, *words, END_ID]])
+    with torch.no_grad():
+        logits, _ = dec(f, tokens)
+    logits[..., BLOCKED] = float("-inf")
+    return logits.log_softmax(-1).gather(2, tokens[:, 1:, None]).sum().item()
+
+
+@pytest.mark.parametrize("better", [True, False])
+def test_a_sample_that_beats_the_greedy_caption_becomes_likelier_after_one_step(better):
+    dec = decoder(seed=4)
+    f = feats(1, seed=5)
+    cfg = TrainConfig(scst=True, scst_samples=1, scst_baseline="greedy", sample_max_len=L, seed=6)
+    u = uniforms(cfg.seed, 0, WORDS, 1, (1, L)).reshape(1, L)
+    sample = words_of(SampledCaptions(dec)(f, u)[0])[0]  # the caption the step will draw
+    greedy = greedy_search(dec, f, L)[0].best.tokens
+    assert sample != greedy, "choose seeds whose sample differs from the greedy caption"
+    target = sample if better else greedy  # the reference: the sample scores above the greedy caption, or below
+    fillers = [[[START_ID, 900 + i, 901 + i, 902, END_ID]] for i in range(4)]  # other images: document frequencies
+    data = SimpleNamespace(captions=[[[START_ID, *target, END_ID]], *fillers])
+    run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
+                          model=SimpleNamespace(decoder=dec, cfg=SimpleNamespace(decoder=dec.cfg)),
+                          net=SampledCaptions(dec), trainable=list(dec.parameters()), train_ds=data,
+                          optimizer=torch.optim.SGD(dec.parameters(), lr=0.02))
+    objective = SelfCritical(run)
+    before = sequence_logp(dec, f, sample)
+    stats = objective(f, torch.tensor([[0]]), 0)
+    after = sequence_logp(dec, f, sample)
+    assert (stats["reward"] > stats["baseline"]).item() == better, stats
+    assert (after > before) == better, (before, after)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def xe(world, tmp_path_factory):
+    """A tiny cross-entropy model to start self-critical training from."""
+    base = tmp_path_factory.mktemp("xe")
+    train.main(train_args(world, base / "run", base / "cache", 4, dropout=0))
+    return base
+
+
+def scst_args(world: Path, xe: Path, out: Path, epochs: int = 6, **kw) -> list[str]:
+    kw = {"scst": "true", "init_from": xe / "run" / "best.pt", "lr": 2e-3, "warmup_steps": 1, "dropout": 0,
+          "scst_samples": 4, "sample_max_len": 16, "seed": 2, **kw}
+    return train_args(world, out, xe / "cache", epochs, **kw)
+
+
+@pytest.fixture(scope="module")
+def scst_run(world, xe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scst") / "run"
+    return out, train.main(scst_args(world, xe, out))
+
+
+def test_tiny_self_critical_run_raises_the_reward(scst_run):
+    out, summary = scst_run
+    hist = summary["history"]
+    assert [h["stage"] for h in hist] == ["scst"] * 6
+    rewards = [h["reward"] for h in hist]  # the sampled captions' mean CIDEr-D: what the objective raises
+    assert min(rewards[-2:]) > 1.15 * rewards[0], rewards
+    assert all(h["greedy_reward"] == h["baseline"] for h in hist)
+    assert all(0 <= h["reward_seconds"] < h["step_seconds"] for h in hist)
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["train"]["stage"] == "scst" and ck["meta"]["stage"] == "scst"
+    assert any((out / "tb").iterdir())
+
+
+def test_killed_self_critical_run_resumes_to_the_same_numbers(world, xe, scst_run, tmp_path):
+    _, ref = scst_run
+    out = tmp_path / "b"
+    kill_when([sys.executable, str(ROOT / "train.py"), *scst_args(world, xe, out)], (out / "last.pt").exists,
+              "its first checkpoint")
+    assert load_checkpoint(out / "last.pt")["train"]["epoch"] + 1 < 6, "the run finished before it could be killed"
+    resumed = train.main(scst_args(world, xe, out) + ["--resume", str(out / "last.pt")])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(ref["history"], resumed["history"]):
+        for k in ("loss", "reward", "baseline"):
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7), (k, a, b)
+
+
+def test_two_processes_train_what_one_process_trains(world, xe, scst_run, tmp_path):
+    one_out, one = scst_run
+    run_ok(torchrun(2, "train.py", *scst_args(world, xe, tmp_path / "two")))
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    # Each rank draws its rows of the global batch's uniforms: the same samples as one process.
+    for a, b in zip(one["history"], two["history"]):
+        for k in ("loss", "reward", "baseline"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (k, a, b)
+    wa = load_checkpoint(one_out / "last.pt")["model"]["decoder"]
+    wb = load_checkpoint(tmp_path / "two" / "last.pt")["model"]["decoder"]
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_self_critical_needs_a_model_and_a_matching_stage(world, xe, tmp_path):
+    with pytest.raises(SystemExit):  # argparse refuses --scst with --fine-tune-encoder before any data is read
+        train.parse_args(scst_args(world, xe, tmp_path / "x") + ["--fine-tune-encoder", "true"])
+    with pytest.raises(ValueError, match="--init-from"):
+        train.main(train_args(world, tmp_path / "y", xe / "cache", 1, scst="true"))
+    with pytest.raises(ValueError, match="is a xe run"):  # resuming a cross-entropy run as self-critical
+        train.main(scst_args(world, xe, tmp_path / "z") + ["--resume", str(xe / "run" / "last.pt")])
