@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -68,16 +71,20 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def exclusive(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
-    """Hold `folder/.lock` while the block runs; a second process asking for the same folder is refused.
+def exclusive(folder: str | os.PathLike, what: str = "run", *, name: str = ".lock",
+              wait: float | None = None) -> Iterator[Path]:
+    """Hold `folder/<name>` while the block runs; a second process asking for the same lock is refused, or,
+    with `wait` (seconds between looks), waits until the first one is done.
 
     The lock file names its process and machine. One left behind by a process of this machine that
     no longer runs (a killed run) is taken over; one of another machine (a shared file system)
     cannot be checked and is respected: the error says which file to delete if that run is gone.
     """
-    path = Path(folder) / ".lock"
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(3):
+    path = Path(folder) / name
+    here = socket.gethostname()
+    me = f"{os.getpid()} {here}"
+    tries, told = 0, False
+    while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
             break
@@ -88,13 +95,21 @@ def exclusive(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
             except (OSError, ValueError):  # being written this instant, or unreadable: look again
                 pid, host = None, None
                 time.sleep(0.1)
-            if pid is not None and (host != socket.gethostname() or (pid != os.getpid() and _running(pid))):
+            live_here = pid is not None and host == here and pid != os.getpid() and _running(pid)
+            if wait is not None and live_here:
+                if not told:
+                    log.info("waiting for process %d, which holds %s (another %s)", pid, path, what)
+                    told = True
+                time.sleep(wait)
+                continue
+            if pid is not None and (host != here or live_here):
                 raise RuntimeError(f"{folder} is being written by another {what} (process {pid} on {host}); "
                                    f"give this one another folder, or delete {path} if that {what} is gone") from None
             if pid is not None:
                 path.unlink(missing_ok=True)  # its process is gone: take the folder over
-    else:
-        raise RuntimeError(f"could not lock {folder}: {path} keeps reappearing")
+            tries += 1
+            if tries >= 3:
+                raise RuntimeError(f"could not lock {folder}: {path} keeps reappearing") from None
     with os.fdopen(fd, "w") as f:
         f.write(me + "\n")
     try:

@@ -10,6 +10,7 @@ listed in the cache's index and skipped; they never stop a run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, exclusive
 from .datasets import ImageRecord
 from .distributed import ONE_PROCESS, Dist, barrier, broadcast_object
 from .encoder import Encoder, EncoderConfig
@@ -272,6 +273,16 @@ def build_feature_cache(encoder: Encoder, records: Sequence[ImageRecord], folder
     images this raises FileExistsError; so does a FOLDER.partial of other images.
     """
     folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One builder (one torchrun group: its rank 0 holds the lock) per folder at a time: another process
+    # asking for the same features waits, then finds them finished and reads them.
+    with (exclusive(folder.parent, "feature-cache build", name=f".{folder.name}.lock", wait=1.0) if dist.main
+          else contextlib.nullcontext()):
+        return _build(encoder, records, folder, batch_size, num_workers, device, progress, chunk_size, dist)
+
+
+def _build(encoder: Encoder, records: Sequence[ImageRecord], folder: Path, batch_size: int, num_workers: int,
+           device: str | torch.device, progress: bool, chunk_size: int, dist: Dist) -> FeatureCache:
     work = folder.with_name(folder.name + ".partial")
     n = len(records)
     meta = {"image_ids": [r.image_id for r in records], "paths": [r.path for r in records],

@@ -11,6 +11,8 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +301,22 @@ def test_preferred_references_are_drawn_as_often_as_weighted():
     # no preference: the draw of every earlier release (seeded runs keep their data order)
     assert [_reference_index(5, e, 2, 5) for e in range(50)] == [
         random.Random((5 * 1_000_003 + e) * 1_000_003 + 2).randrange(5) for e in range(50)]
+
+
+def test_two_processes_asking_for_the_same_features_at_once_build_them_once(tmp_path):
+    """Two evaluations of one split started together (bench/ablations.py runs two jobs at a time): the
+    second waits for the first's build and reads it; before, the second crashed on the renamed folder."""
+    world = make_world(tmp_path / "w", seed=8, sizes={"train": 48, "val": 4, "test": 4, "test_novel": 4})
+    cmd = [sys.executable, "extract_features.py", "--shapes-dir", str(world), "--splits", "train", "--cache-dir",
+           str(tmp_path / "c"), "--chunk-size", "8", "--batch-size", "4", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    # one computed; the other waited for it (or found it finished) and computed nothing
+    assert sum(("waiting for process" in e or "already finished" in e or "reusing" in e) for e in errs) >= 1, errs
+    (folder,) = (tmp_path / "c").glob("*/train-*")
+    assert len(FeatureCache(folder)) == 48
+    assert not list((tmp_path / "c").glob("*/*.partial")) and not list((tmp_path / "c").glob("*/.*.lock"))
