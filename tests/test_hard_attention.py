@@ -23,7 +23,7 @@ from captioner.objectives import HardAttention
 from captioner.sampling import hard_draws, uniforms
 from captioner.training import TeacherForced, TrainConfig
 from procs import kill_when
-from tiny import make_world, train_args
+from tiny import train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 V, N, C, B, T = 11, 6, 8, 5, 7
@@ -186,11 +186,6 @@ def test_no_attention_reads_the_mean_annotation_vector_and_has_no_attention_weig
     assert torch.allclose(ctx_logits, expect, atol=1e-6)
     with pytest.raises(ValueError, match="attention must be one of"):
         DecoderConfig(vocab_size=V, feature_dim=C, attention="sharp")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"), seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from captioner.search import BLOCKED, greedy_search
 from captioner.text import END_ID, PAD_ID, START_ID
 from captioner.training import TrainConfig
 from procs import kill_when
-from tiny import make_world, train_args
+from tiny import train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 V, N, C, L = 40, 6, 8, 6
@@ -96,11 +96,6 @@ def test_a_sample_that_beats_the_greedy_caption_becomes_likelier_after_one_step(
     after = sequence_logp(dec, f, sample)
     assert (stats["reward"] > stats["baseline"]).item() == better, stats
     assert (after > before) == better, (before, after)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"), seed=3)
 
 
 @pytest.fixture(scope="module")

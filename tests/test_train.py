@@ -14,14 +14,9 @@ import train
 from captioner.checkpoint import load_checkpoint
 from captioner.metrics import METRIC_KEYS, NLTK_BLEU_KEYS
 from procs import kill_when
-from tiny import TINY, make_world, train_args
+from tiny import TINY, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"), seed=3)
 
 
 def tiny_args(world: Path, out: Path, cache: Path, epochs: int = 5) -> list[str]:
