@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
         stem = f"{args.split}_beam{args.beam}"
         made = {"checkpoint": str(args.checkpoint), "dataset": source.name, "split": args.split,
                 "beam": args.beam, "max_len": args.max_len,
-                "search": "greedy" if args.beam == 1 else "batched beam search, length-normalised scores"}
+                "search": "greedy" if args.beam == 1 else "batched beam search, length-normalised scores",
+                "attention": model.cfg.decoder.attention + (" (test time: the expected context)"
+                                                            if model.cfg.decoder.attention == "hard" else "")}
     else:
         texts, scores, info = score_results(args, results, records, split_ids, source.name, objects=objects,
                                             image_sizes=sizes, meteor=meteor)

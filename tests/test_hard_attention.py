@@ -214,6 +214,7 @@ def test_tiny_hard_attention_run_learns_and_captions_everywhere(hard_run, world,
     res = evaluate.main(["--checkpoint", str(base / "run" / "best.pt"), "--shapes-dir", str(world), "--split", "test",
                          "--out", str(tmp_path), "--cache-dir", str(base / "cache"), "--no-progress", "--beam", "2"])
     assert np.isfinite(res["metrics"]["CIDEr"]) and "grounding" in res["metrics"]
+    assert res["info"]["attention"] == "hard (test time: the expected context)"
 
 
 def test_killed_hard_attention_run_resumes_to_the_same_numbers(hard_run, world, tmp_path):
