@@ -158,15 +158,10 @@ class SelfCritical:
 
     def __init__(self, run: Any):
         self.run = run
-        refs = [[_words(c) for c in caps] for caps in run.train_ds.captions]  # word ids, no <start>/<end>
-        self.cider = CiderD(refs)
-        self.refs = refs
-        self._prepared: dict[int, Any] = {}
-
-    def _references(self, k: int):
-        if k not in self._prepared:
-            self._prepared[k] = self.cider.prepare(self.refs[k])
-        return self._prepared[k]
+        # Word ids without <start>/<end>. The references' tf-idf vectors are made per step (once per image
+        # for its K samples and its greedy caption), not kept: on COCO they would hold gigabytes.
+        self.refs = [[_words(c) for c in caps] for caps in run.train_ds.captions]
+        self.cider = CiderD(self.refs)
 
     def __call__(self, inputs: torch.Tensor, index: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         r, cfg, dist = self.run, self.run.cfg, self.run.dist
@@ -183,10 +178,13 @@ class SelfCritical:
         with autocast(inputs.device, r.dtype):
             tokens, logp, loc_logp, _ = r.net(inputs.repeat_interleave(K, dim=0), u, locs)
         t1 = time.perf_counter()
-        refs = [self._references(k) for k in images]
-        sample_r = self.cider.score_batch(words_of(tokens), [ref for ref in refs for _ in range(K)]).reshape(B, K)
+        refs = [self.refs[k] for k in images]
+        greedy_words = [g.best.tokens for g in greedy] if greedy is not None else []
+        scores = self.cider.score_batch(words_of(tokens) + greedy_words,
+                                        [ref for ref in refs for _ in range(K)] + (refs if greedy_words else []))
+        sample_r = scores[: B * K].reshape(B, K)
         if greedy is not None:
-            base = self.cider.score_batch([g.best.tokens for g in greedy], refs)[:, None].repeat(K, axis=1)
+            base = scores[B * K:][:, None].repeat(K, axis=1)
         else:
             base = (sample_r.sum(axis=1, keepdims=True) - sample_r) / (K - 1)
         reward_s = time.perf_counter() - t1
