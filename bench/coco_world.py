@@ -63,7 +63,8 @@ from captioner.atomic import atomic_write_json  # noqa: E402
 
 log = logging.getLogger("coco_world")
 
-VERSION = 2  # bump on any change to what is written (2: a short caption lists the objects when it can)
+VERSION = 3  # bump on any change to what is written (2: a short caption lists the objects when it can;
+#             3: FILLER_ZIPF recalibrated for 2, whose short captions hold fewer filler words)
 PARTS = ("train2014", "val2014")
 FULL = {"train2014": 82_783, "val2014": 40_504}
 KARPATHY_HELD = 5_000  # Karpathy val and test, each, from val2014
@@ -74,7 +75,8 @@ IMAGE_SIZES = ((640, 480, 0.38), (640, 427, 0.18), (640, 426, 0.06), (480, 640, 
 GREY_SHARE = 0.003
 EXTRA_CAPTIONS = ((7, 0.0003), (6, 0.002))  # P(an image has 7 captions), P(6)
 LENGTH = (6, 13.5, 0.75)  # length = 6 + NegBin(n, p): mean 10.5, sd 2.45
-FILLER_ZIPF = 1.31  # with LENGTH: about 9,440 filler words >= 5 times in full-size Karpathy train (+ 62 shapes words)
+FILLER_ZIPF = 1.25  # with LENGTH, 2.99 filler words per caption: about 9,470 filler words >= 5 times in full-size
+# Karpathy train (+ about 55 shapes words); see expected_words_min5. (1.31 gave 9,777 in version 1, 7,077 in 2.)
 FILLER_WORDS = 250_000
 NOISE_SIGMA = 14
 JPEG_QUALITY = 90
@@ -82,6 +84,17 @@ _CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
 
 _COUNT = {v: k for k, v in shapes.NUMBER_WORDS.items()}
 _worker: dict = {}  # per process: the filler words, their cdf, the noise tile
+
+
+def expected_words_min5(filler_per_caption: float, captions: int = 566_757, exponent: float = FILLER_ZIPF,
+                        words: int = FILLER_WORDS) -> float:
+    """Expected number of filler words seen at least 5 times among `captions` captions (full-size Karpathy
+    train: 566,757) holding `filler_per_caption` Zipf(exponent) filler words each: the sum over words of
+    P(Poisson(expected count) >= 5). What FILLER_ZIPF is calibrated with."""
+    p = np.arange(1, words + 1, dtype=np.float64) ** -exponent
+    lam = captions * filler_per_caption * p / p.sum()
+    below = np.exp(-lam) * (1 + lam + lam ** 2 / 2 + lam ** 3 / 6 + lam ** 4 / 24)  # P(count <= 4)
+    return float((1 - below).sum())
 
 
 def filler_words(n: int, exclude: set[str]) -> list[str]:

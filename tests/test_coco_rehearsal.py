@@ -107,6 +107,13 @@ def test_caption_statistics(world):
     assert 9.8 <= stats["caption_length_mean"] <= 11.2  # COCO: about 10.5
     assert 1.8 <= stats["caption_length_sd"] <= 3.2
     assert stats["karpathy_train_words_min5"] > 100  # shapes words + the commonest fillers
+    # COCO's Karpathy train has about 9,500 words seen 5 times: what the filler words give at full size,
+    # from this small world's filler words per caption (version 2 changed that share and fell to 7,077)
+    shapes_words = coco_world.shapes_vocabulary()
+    train = [s["tokens"] for e in json.loads((world / "dataset_coco.json").read_text())["images"]
+             if e["split"] in ("train", "restval") for s in e["sentences"]]
+    per_caption = sum(t not in shapes_words for c in train for t in c) / len(train)
+    assert 8_800 <= coco_world.expected_words_min5(per_caption) + len(shapes_words) <= 10_200, per_caption
 
 
 def test_a_caption_too_short_for_the_scene_still_names_its_objects():
