@@ -29,7 +29,7 @@ from .distributed import ONE_PROCESS, Dist, all_reduce_sum
 from .reward import CiderD
 from .runtime import autocast
 from .sampling import WORDS, SampledCaptions, hard_draws, uniforms, words_of
-from .search import greedy_search
+from .search import search
 from .text import END_ID, PAD_ID, START_ID
 
 
@@ -168,9 +168,8 @@ class SelfCritical:
         t0 = time.perf_counter()
         B, K, L = inputs.shape[0], cfg.scst_samples, cfg.sample_max_len
         images = index[:, 0].tolist()
-        with torch.no_grad():
-            greedy = greedy_search(_eval(r.model.decoder), inputs.float(), L) if cfg.scst_baseline == "greedy" else None
-            r.model.decoder.train()
+        # search() decodes in eval mode and gives the decoder back in the mode it found (training here)
+        greedy = search(r.model.decoder, inputs.float(), 1, L) if cfg.scst_baseline == "greedy" else None
         u = uniforms(cfg.seed, step, WORDS, B, (K, L), dist, inputs.device).reshape(B * K, L)
         locs = None
         if r.model.cfg.decoder.attention == "hard":
@@ -211,11 +210,6 @@ class SelfCritical:
 
 def _words(encoded: list[int]) -> tuple[int, ...]:
     return tuple(w for w in encoded if w not in (START_ID, END_ID, PAD_ID))
-
-
-def _eval(decoder: nn.Module) -> nn.Module:
-    decoder.eval()
-    return decoder
 
 
 def make_objective(run: Any):
