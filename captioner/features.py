@@ -490,8 +490,11 @@ class CaptionFeatureDataset(Dataset):
             j = _reference_index(self.seed, self.epoch, i, len(self.captions[k]), self.weights[k])
         else:
             k, j = self.pairs[i]
-        feats = torch.from_numpy(np.array(self.cache.features(self.image_ids[k])))  # (N, C) fp16
-        return feats, torch.tensor(self.captions[k][j], dtype=torch.long)
+        return self.image_features(k), torch.tensor(self.captions[k][j], dtype=torch.long)
+
+    def image_features(self, k: int) -> torch.Tensor:
+        """(N, C) fp16 features of image k (of image_ids)."""
+        return torch.from_numpy(np.array(self.cache.features(self.image_ids[k])))
 
 
 class ImageCaptionDataset(Dataset):

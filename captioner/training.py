@@ -284,7 +284,7 @@ class ImageIndex(torch.utils.data.Dataset):
         return len(self.ds.image_ids)
 
     def __getitem__(self, i: int):
-        return torch.from_numpy(np.array(self.ds.cache.features(self.ds.image_ids[i]))), torch.tensor([i])
+        return self.ds.image_features(i), torch.tensor([i])
 
 
 def _resume_path(cfg: TrainConfig) -> str | None:
