@@ -418,6 +418,9 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
                              "(a cross-entropy run's best.pt)")
         vocab = Vocab.build((t for caps in tokens.values() for t in caps), min_count=cfg.min_count)
         model = Captioner.create(cfg.encoder_config(), vocab, **cfg.decoder_kwargs())
+    if model.cfg.decoder.attention == "none" and cfg.att_lambda:
+        log.info("no attention: the doubly stochastic regulariser (a constant for uniform weights) is left out")
+        cfg = replace(cfg, att_lambda=0.0)
     if cfg.fine_tune_encoder:
         model.encoder.set_trainable(cfg.fine_tune_blocks)
     model.to(device)

@@ -188,6 +188,16 @@ def test_no_attention_reads_the_mean_annotation_vector_and_has_no_attention_weig
         DecoderConfig(vocab_size=V, feature_dim=C, attention="sharp")
 
 
+def test_a_run_without_attention_has_no_regulariser_and_captions(world, tmp_path):
+    # uniform weights make the doubly stochastic term a constant: it is left out, not logged as a loss
+    summary = train.main(train_args(world, tmp_path / "run", tmp_path / "cache", 2, attention="none"))
+    assert all(h["reg"] == 0 and h["loss"] == pytest.approx(h["ce"]) for h in summary["history"])
+    model = Captioner.from_checkpoint(tmp_path / "run" / "best.pt")
+    assert model.cfg.decoder.attention == "none"
+    cap = model.caption([next((world / "images" / "test").glob("*.jpg"))], beam_size=2)[0]
+    assert cap.words and np.allclose(cap.alphas, 1 / cap.alphas[0].size)
+
+
 @pytest.fixture(scope="module")
 def hard_run(world, tmp_path_factory):
     base = tmp_path_factory.mktemp("hard")
