@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from captioner.atomic import atomic_write_text, exclusive
-from captioner.training import TrainConfig
+from captioner.checkpoint import load_checkpoint
+from captioner.training import DECODER_OPTIONS, ENCODER_OPTIONS, TrainConfig
 from cli import add_data_args, add_options, data_source_rank0_first, setup_logging
 
 PRESETS = {
@@ -95,6 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
                 resolved.update(asdict(cfg))
                 resolved["stages"] = list(cfg.stages)
                 resolved["world_size"] = dist.world
+                if cfg.init_from:  # the model, its config and vocabulary come from that checkpoint, not these options
+                    for k in (*ENCODER_OPTIONS, *DECODER_OPTIONS):
+                        resolved.pop(k, None)
+                    model_cfg = load_checkpoint(cfg.init_from)["model"]["config"]
+                    resolved["model"] = json.loads(json.dumps(model_cfg))  # tuples as lists: what YAML can write
                 atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
             from captioner.training import train

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from test_ddp import run as run_ok
 from test_ddp import torchrun
 
@@ -118,7 +119,7 @@ def scst_run(world, xe, tmp_path_factory):
     return out, train.main(scst_args(world, xe, out))
 
 
-def test_tiny_self_critical_run_raises_the_reward(scst_run):
+def test_tiny_self_critical_run_raises_the_reward(scst_run, xe):
     out, summary = scst_run
     hist = summary["history"]
     assert [h["stage"] for h in hist] == ["scst"] * 6
@@ -129,6 +130,10 @@ def test_tiny_self_critical_run_raises_the_reward(scst_run):
     ck = load_checkpoint(out / "last.pt")
     assert ck["train"]["stage"] == "scst" and ck["meta"]["stage"] == "scst"
     assert any((out / "tb").iterdir())
+    # config.yaml states the model that trained: the checkpoint's, not train.py's model options
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    model = json.loads(json.dumps(load_checkpoint(xe / "run" / "best.pt")["model"]["config"]))
+    assert "hidden_dim" not in cfg and cfg["model"] == model and model["decoder"]["hidden_dim"] == 64
 
 
 def test_killed_self_critical_run_resumes_to_the_same_numbers(world, xe, scst_run, tmp_path):
