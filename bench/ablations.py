@@ -18,8 +18,8 @@ Variants (each `train.py --preset shapes` at one fixed budget, --epochs, then it
 
 Every run lives in OUT/<variant>-s<seed> (train.py's run folder, resumed with --resume auto when it
 was cut short); its best.pt (by val CIDEr, beam 3) is scored by evaluate.py on test and
-test_novel (beam 3, pycocoevalcap on PTB tokens; captioner.scene_metrics for the shapes-world
-scores). Finished runs and scores are kept: run it again to go on where it stopped. Runs go
+test_novel and test_shift (beam 3, pycocoevalcap on PTB tokens; captioner.scene_metrics for the
+shapes-world scores). Finished runs and scores are kept: run it again to go on where it stopped. Runs go
 --jobs at a time, each with cores / jobs threads. The table (mean ± sd over the seeds) is
 printed and written to OUT/table.md.
 """
@@ -50,8 +50,9 @@ COLUMNS = (  # (header, split, metric)
     ("scene acc. novel", "test_novel", "scene_accuracy"), ("grounding / chance", "test", "grounding_x"),
     ("object recall", "test", "object_recall"), ("CHAIR_i", "test", "CHAIR_i"), ("CHAIR_s", "test", "CHAIR_s"),
     ("relation rate", "test", "relation_rate"), ("relation acc.", "test", "relation_accuracy"),
+    ("scene acc. shift", "test_shift", "scene_accuracy"), ("CHAIR_i shift", "test_shift", "CHAIR_i"),
 )
-SPLITS = ("test", "test_novel")
+SPLITS = ("test", "test_novel", "test_shift")
 
 
 def _cell(vals: list) -> str:
@@ -111,7 +112,7 @@ class Ablations:
 
     def evaluate(self, name: str, seed: int) -> None:
         out = self.folder(name, seed)
-        for split in SPLITS:
+        for split in self.a.splits:
             if (out / "eval" / f"metrics_{split}_beam3.json").is_file() or not (out / "best.pt").is_file():
                 continue
             world = ["--shapes-dir", self.a.shapes_dir] if self.a.shapes_dir else []
@@ -122,7 +123,7 @@ class Ablations:
     def results(self, name: str, seed: int) -> dict | None:
         out = self.folder(name, seed)
         scores = {}
-        for split in SPLITS:
+        for split in self.a.splits:
             f = out / "eval" / f"metrics_{split}_beam3.json"
             if not f.is_file():
                 return None
@@ -144,7 +145,7 @@ class Ablations:
         for name in a.variants:
             runs = [r for r in (self.results(name, s) for s in a.seeds) if r is not None]
             if runs:
-                cells = [_cell([r[split].get(key) for r in runs]) for _, split, key in COLUMNS]
+                cells = [_cell([r.get(split, {}).get(key) for r in runs]) for _, split, key in COLUMNS]
                 minutes = _cell([r["minutes"] for r in runs])
                 lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {minutes} |")
         return "\n".join(lines)
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--scst-samples", type=int, default=5, help="captions sampled per image in self-critical training")
     p.add_argument("--stage-lr", type=float, default=2e-4, help="learning rate of the continuations (scst, xe)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
+                   help="the splits every run is scored on (a column of a split left out reads n/a)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))

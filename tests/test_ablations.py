@@ -22,13 +22,14 @@ def test_ablation_table_runs_each_stage_once_and_reports_every_variant(tmp_path)
     world = make_world(tmp_path / "world", seed=4)
     argv = ["--variants", "hard+scst", "soft+xe", "--seeds", "1", "--epochs", "2", "--scst-epochs", "1",
             "--scst-samples", "2", "--jobs", "2", "--out", str(tmp_path / "ab"), "--cache-dir", str(tmp_path / "c"),
-            "--shapes-dir", str(world), "--train-args", TINY_MODEL]
+            "--shapes-dir", str(world), "--train-args", TINY_MODEL, "--splits", "test", "test_novel"]
     table = ablations.main(argv)
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert set(rows) == {"variant", "hard+scst", "soft+xe"}
     for name in ("hard+scst", "soft+xe"):
         cells = rows[name].strip("| ").split(" | ")
         assert cells[1] == "1" and cells[2] != "n/a" and cells[3] != "n/a", rows[name]  # BLEU-4, CIDEr
+        assert cells[-3:-1] == ["n/a", "n/a"], rows[name]  # test_shift: not among the splits scored
     # the stages ran from their sources, with the kinds they say
     ab = tmp_path / "ab"
     hard = json.loads((ab / "hard+scst-s1" / "summary.json").read_text())["history"]
