@@ -20,8 +20,9 @@ Every run lives in OUT/<variant>-s<seed> (train.py's run folder, resumed with --
 was cut short); its best.pt (by val CIDEr, beam 3) is scored by evaluate.py on test and
 test_novel and test_shift (beam 3, pycocoevalcap on PTB tokens; captioner.scene_metrics for the
 shapes-world scores). Finished runs and scores are kept: run it again to go on where it stopped. Runs go
---jobs at a time, each with cores / jobs threads. The table (mean ± sd over the seeds) is
-printed and written to OUT/table.md.
+--jobs at a time, each with cores / jobs threads; each run is scored as soon as it is trained.
+The table (mean ± sd over the seeds) is written to OUT/table.md after every run (the rows so far)
+and printed at the end.
 """
 from __future__ import annotations
 
@@ -31,10 +32,14 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from captioner.atomic import atomic_write_text  # noqa: E402
 
 BASE = {  # name -> train.py options on top of --preset shapes
     "none": ["--attention", "none"],
@@ -68,6 +73,7 @@ class Ablations:
         self.out = Path(args.out)
         threads = max(1, (os.cpu_count() or 2) // args.jobs)
         self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.lock = threading.Lock()
 
     def folder(self, name: str, seed: int) -> Path:
         return self.out / f"{name}-s{seed}"
@@ -158,11 +164,24 @@ class Ablations:
                 and (n in a.variants or (n == "soft+scst" and "soft+xe" in a.variants))]
         xe = [("soft+xe", s) for s in a.seeds if "soft+xe" in a.variants]  # needs soft+scst's time
         if base:  # the first run alone: it generates the shapes world and the feature caches the others share
-            self.train(*base[0])
+            self.job(*base[0])
         with ThreadPoolExecutor(a.jobs) as pool:
             for jobs in (base[1:], scst, xe):
-                list(pool.map(lambda job: self.train(*job), jobs))
-            list(pool.map(lambda job: self.evaluate(*job), [(n, s) for s in a.seeds for n in a.variants]))
+                list(pool.map(lambda job: self.job(*job), jobs))
+
+    def job(self, name: str, seed: int) -> None:
+        """Train one run, score it (when it is a row of the table) and write the table so far."""
+        self.train(name, seed)
+        if name in self.a.variants:
+            self.evaluate(name, seed)
+        self.write_table()
+
+    def write_table(self) -> str:
+        with self.lock:  # two jobs may finish at once
+            table = self.table()
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "table.md", table + "\n")
+        return table
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -186,10 +205,8 @@ def main(argv: list[str] | None = None) -> str:
     ab = Ablations(args)
     if not args.report_only:
         ab.go()
-    table = ab.table()
+    table = ab.write_table()
     print("\n" + table)
-    ab.out.mkdir(parents=True, exist_ok=True)
-    (ab.out / "table.md").write_text(table + "\n")
     return table
 
 
