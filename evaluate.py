@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         scores, info = score_outputs(outputs, records, objects=objects, image_sizes=sizes, meteor=meteor)
         texts = {i: o.text for i, o in outputs.items()}
         stem = f"{args.split}_beam{args.beam}"
-        made = {"checkpoint": str(args.checkpoint), "dataset": source.name, "split": args.split,
+        made = {"checkpoint": str(args.checkpoint), "dataset": source.identity, "split": args.split,
                 "beam": args.beam, "max_len": args.max_len,
                 "search": "greedy" if args.beam == 1 else "batched beam search, length-normalised scores",
                 "attention": model.cfg.decoder.attention + (" (test time: the expected context)"
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         texts, scores, info = score_results(args, results, records, split_ids, source.name, objects=objects,
                                             image_sizes=sizes, meteor=meteor)
         stem = f"{args.split}_results"
-        made = {"results_file": str(args.results), "dataset": source.name, "split": args.split,
+        made = {"results_file": str(args.results), "dataset": source.identity, "split": args.split,
                 "search": RESULTS_SEARCH}
     if instances is not None:
         chair_scores, info["chair"] = chair({r.image_id: texts.get(r.image_id, "") for r in records}, instances)

@@ -21,6 +21,13 @@ class DataSource:
     splits: dict[str, list[ImageRecord]]
     objects: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # split -> image_id -> objects (shapes)
     image_sizes: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # split -> id -> (W, H)
+    # What the data is, wherever it lies: recorded in checkpoints and metrics files (the name, when empty).
+    # The name keeps the folder in it so that two copies never share a cache; the identity leaves it out
+    # where the content alone defines the data, so that a run from another clone writes the same file.
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        self.identity = self.identity or self.name
 
     def split(self, name: str) -> list[ImageRecord]:
         if name not in self.splits:
@@ -53,8 +60,10 @@ def shapes_source(root: str | os.PathLike = "data/shapes", seed: int = 0, genera
         sizes_[s] = _image_sizes(inst)
     # The world's identity (world.json: version, seed, sizes, rendering settings) is in the name: image ids
     # and files of a regenerated world at the same path must never be served another world's cached features.
+    # The generator is deterministic, so world.json alone identifies the images: the identity leaves the path out.
     ident = hashlib.sha1(json.dumps(world, sort_keys=True).encode()).hexdigest()[:6]
-    return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}-w{ident}", splits, objects, sizes_)
+    return DataSource(f"shapes-s{world['seed']}-{_path_tag(root)}-w{ident}", splits, objects, sizes_,
+                      identity=f"shapes-s{world['seed']}-w{ident}")
 
 
 def _image_sizes(coco_json: Path) -> dict[int, tuple[int, int]]:

@@ -573,7 +573,7 @@ def _checkpoint(run: _Run, epoch: int, history: list, best: dict, improved: bool
                          "rng": rngs[0], "rng_ranks": rngs, "history": history, "best": best,
                          "config": asdict(cfg), "world": dist.world, "stage": run.objective.stage,
                          "objective": run.objective.state_dict()},
-               "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": run.source.name,
+               "meta": {"val_split": cfg.val_split, "val_beam": cfg.val_beam, "dataset": run.source.identity,
                         "stage": run.objective.stage, "attention": run.model.cfg.decoder.attention}}
     if improved:
         save_checkpoint(payload, run.out / "best.pt")

@@ -198,6 +198,22 @@ def test_regenerated_world_gets_a_new_cache_name(tmp_path):
     assert shapes_source(tmp_path, sizes={"train": 2, "val": 2}).name != first
 
 
+def test_a_copy_of_the_world_keeps_its_identity_but_not_its_cache(tmp_path):
+    """Checkpoints record the world's identity, which leaves the folder out (a clone elsewhere trains the
+    same file bit for bit); the cache name keeps it, so that an edited copy is never served stale features."""
+    import shutil
+
+    from captioner.sources import shapes_source
+
+    here = shapes_source(tmp_path / "a", sizes={"train": 3, "val": 1})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    there = shapes_source(tmp_path / "b")
+    assert there.identity == here.identity and str(tmp_path) not in here.identity
+    assert there.name != here.name
+    other = shapes_source(tmp_path / "c", sizes={"train": 2, "val": 2})
+    assert other.identity != here.identity
+
+
 def test_relation_follows_centres():
     left = {"colour": "red", "shape": "circle", "size": "small", "bbox": [10, 100, 30, 30]}
     right = {"colour": "blue", "shape": "square", "size": "large", "bbox": [120, 90, 70, 70]}

@@ -44,6 +44,10 @@ def test_train_main_loss_falls_and_writes_the_run(trained):
     assert cfg["epochs"] == 5 and cfg["hidden_dim"] == 64
     ck = load_checkpoint(out / "last.pt")
     assert ck["train"]["epoch"] == 4 and ck["model"]["encoder"] is None
+    # the checkpoint names the world by its content, not its folder (a clone elsewhere writes the same file)
+    from captioner.sources import shapes_source
+    assert ck["meta"]["dataset"] == shapes_source(cfg["shapes_dir"], generate=False).identity
+    assert cfg["shapes_dir"] not in ck["meta"]["dataset"]
     assert {"BLEU-4", "CIDEr"} <= set(summary["history"][-1]["val"])
     assert summary["history"][-1]["val_images"] == TINY["val"]  # the default subset, 5,000, holds all 12
     # the feature cache was written once, for train and val, and is what a second run reuses
@@ -247,3 +251,18 @@ def test_each_training_caption_is_tokenised_once(world, tmp_path, monkeypatch):
     train.main(tiny_args(world, tmp_path / "run", tmp_path / "cache", epochs=1))
     captions = [c for r in shapes_source(world, generate=False).split("train") for c in r.captions]
     assert sorted(calls) == sorted(captions)
+
+
+def test_the_same_run_in_another_folder_exports_the_same_file(world, tmp_path, monkeypatch):
+    """What the demo model's reproduction rests on: the preset run from a clone elsewhere (same relative
+    options, the world generated afresh there) exports a byte-identical checkpoint."""
+    import shutil
+
+    exported = []
+    for clone in ("a", "elsewhere/b"):
+        here = tmp_path / clone
+        shutil.copytree(world, here / "world")
+        monkeypatch.chdir(here)
+        train.main(tiny_args(Path("world"), Path("run"), Path("cache"), epochs=1) + ["--export", "demo.pt"])
+        exported.append((here / "demo.pt").read_bytes())
+    assert exported[0] == exported[1]
