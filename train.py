@@ -7,6 +7,7 @@
         --images train=data/coco/train2014 --images val=data/coco/val2014 --out runs/coco2014
     python train.py --config my.yaml --epochs 3                      # YAML sets defaults, flags override
     python train.py --resume runs/coco/last.pt                       # continue a killed run
+    python train.py --preset shapes --then-scst 2                    # + 2 self-critical epochs in runs/shapes/scst
     torchrun --nproc_per_node=4 train.py --karpathy-json ... --resume auto   # DDP on 4 GPUs (see README)
 
 Precedence: built-in defaults < --preset < --config YAML < command-line flags. The resolved
@@ -43,8 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
                              "the defaults shown)")
     add_options(t, TrainConfig, defaults=False)
     t.add_argument("--export", metavar="PATH",
-                   help="after training, write best.pt stripped to an fp16 inference checkpoint here")
+                   help="after training, write best.pt (the last stage's) stripped to an fp16 inference checkpoint "
+                        "here")
+    s = p.add_argument_group("a self-critical stage after this run, in the same command")
+    s.add_argument("--then-scst", type=int, metavar="EPOCHS",
+                   help="after the run, this many epochs of self-critical training (--scst) from its best.pt, in "
+                        "OUT/scst: the same options otherwise, at --then-scst-lr, no warm-up, no early stop; "
+                        "--resume auto continues whichever stage was cut short (default 0: none)")
+    s.add_argument("--then-scst-lr", type=float, metavar="LR", help="learning rate of that stage (default 2e-4)")
     return p
+
+
+def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | None:
+    """The --then-scst stage's config: self-critical training from the first stage's best.pt, in OUT/scst."""
+    if not args.then_scst:
+        return None
+    if cfg.scst:
+        raise ValueError("--then-scst follows a cross-entropy run: drop --scst (or run the stage alone with "
+                         "--scst true --init-from RUN/best.pt)")
+    out = Path(cfg.out) / "scst"
+    return replace(cfg, out=str(out), init_from=str(Path(cfg.out) / "best.pt"), scst=True, epochs=args.then_scst,
+                   lr=args.then_scst_lr or 2e-4, warmup_steps=0, patience=0,
+                   resume="auto" if cfg.resume else None)  # a resumed command continues the stage cut short
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,8 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for k, v in defaults.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    if args.then_scst is not None and args.then_scst < 0:
+        parser.error(f"--then-scst must be 0 or more epochs, not {args.then_scst}")
     try:  # refuse a bad option value now, before any data is read
-        train_config(args)
+        second_stage(args, train_config(args))
     except (TypeError, ValueError) as e:
         parser.error(str(e))
     return args
@@ -75,6 +98,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     return TrainConfig(**kw)
+
+
+def run_stage(args: argparse.Namespace, cfg: TrainConfig, source, dist) -> dict:
+    """One run in cfg.out: its resolved config.yaml, then `training.train`."""
+    from captioner.training import train
+
+    out = Path(cfg.out)
+    with contextlib.ExitStack() as hold:
+        if dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            hold.enter_context(exclusive(out, "training run"))  # two runs must not share a run folder
+            resolved = {k: v for k, v in vars(args).items() if k not in ("config",)}
+            resolved.update(asdict(cfg))
+            resolved["stages"] = list(cfg.stages)
+            resolved["world_size"] = dist.world
+            if cfg.init_from:  # the model, its config and vocabulary come from that checkpoint, not these options
+                for k in (*ENCODER_OPTIONS, *DECODER_OPTIONS):
+                    resolved.pop(k, None)
+                model_cfg = load_checkpoint(cfg.init_from)["model"]["config"]
+                resolved["model"] = json.loads(json.dumps(model_cfg))  # tuples as lists: what YAML can write
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        return train(cfg, source, dist)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -87,30 +132,17 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = replace(cfg, device=device)
     try:
         source = data_source_rank0_first(args, dist)
-        out = Path(cfg.out)
-        with contextlib.ExitStack() as hold:
-            if dist.main:
-                out.mkdir(parents=True, exist_ok=True)
-                hold.enter_context(exclusive(out, "training run"))  # two runs must not share a run folder
-                resolved = {k: v for k, v in vars(args).items() if k not in ("config",)}
-                resolved.update(asdict(cfg))
-                resolved["stages"] = list(cfg.stages)
-                resolved["world_size"] = dist.world
-                if cfg.init_from:  # the model, its config and vocabulary come from that checkpoint, not these options
-                    for k in (*ENCODER_OPTIONS, *DECODER_OPTIONS):
-                        resolved.pop(k, None)
-                    model_cfg = load_checkpoint(cfg.init_from)["model"]["config"]
-                    resolved["model"] = json.loads(json.dumps(model_cfg))  # tuples as lists: what YAML can write
-                atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        stages = [cfg] + ([second_stage(args, cfg)] if args.then_scst else [])
+        for stage in stages:
+            summary = run_stage(args, stage, source, dist)
+        if len(stages) > 1:
+            summary["first_stage"] = str(stages[0].out)
+        out = Path(stages[-1].out)
+        if args.export and dist.main:
+            from captioner.checkpoint import export_inference
 
-            from captioner.training import train
-
-            summary = train(cfg, source, dist)
-            if args.export and dist.main:
-                from captioner.checkpoint import export_inference
-
-                export_inference(out / "best.pt", args.export)
-                logging.getLogger("train").info("exported %s -> %s", out / "best.pt", args.export)
+            export_inference(out / "best.pt", args.export)
+            logging.getLogger("train").info("exported %s -> %s", out / "best.pt", args.export)
     finally:
         distributed.cleanup(dist)
     if dist.main:

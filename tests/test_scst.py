@@ -169,3 +169,35 @@ def test_self_critical_needs_a_model_and_a_matching_stage(world, xe, tmp_path):
         train.main(train_args(world, tmp_path / "y", xe / "cache", 1, scst="true"))
     with pytest.raises(ValueError, match="is a xe run"):  # resuming a cross-entropy run as self-critical
         train.main(scst_args(world, xe, tmp_path / "z") + ["--resume", str(xe / "run" / "last.pt")])
+
+
+def test_then_scst_is_the_two_commands_in_one(world, xe, tmp_path):
+    """`--then-scst N` trains the run, then N self-critical epochs from its best.pt in OUT/scst: the same
+    numbers as the self-critical command run after it, and the export is the last stage's. The first stage
+    is the `xe` fixture's run, copied: `--resume auto` finds it finished and goes on to the second."""
+    import shutil
+
+    stage_opts = {"scst_samples": 4, "sample_max_len": 16, "dropout": 0}
+    out = tmp_path / "one"
+    shutil.copytree(xe / "run", out)
+    argv = train_args(world, out, xe / "cache", 4, **stage_opts) + [
+        "--then-scst", "1", "--then-scst-lr", "2e-3", "--resume", "auto", "--export", str(tmp_path / "m.pt")]
+    summary = train.main(argv)
+    first = load_checkpoint(out / "best.pt")["model"]["decoder"]
+    fixture = load_checkpoint(xe / "run" / "best.pt")["model"]["decoder"]
+    assert all(torch.equal(first[k], fixture[k]) for k in fixture)  # the finished first stage was left as it was
+    two = train.main(train_args(world, tmp_path / "two", xe / "cache", 1, scst="true", init_from=xe / "run" / "best.pt",
+                                lr=2e-3, warmup_steps=0, patience=0, **stage_opts))
+    assert summary["run"] == str(out / "scst") and summary["first_stage"] == str(out)
+    assert [h["stage"] for h in summary["history"]] == ["scst"]
+    for k in ("loss", "reward", "baseline"):
+        assert summary["history"][0][k] == pytest.approx(two["history"][0][k], rel=1e-6), k
+    exported = load_checkpoint(tmp_path / "m.pt")["model"]["decoder"]
+    final = load_checkpoint(out / "scst" / "best.pt")["model"]["decoder"]
+    assert all(torch.equal(exported[k].float(), final[k].half().float()) for k in final)
+    assert yaml.safe_load((out / "scst" / "config.yaml").read_text())["init_from"] == str(out / "best.pt")
+    # run again: both stages are found finished, nothing is trained again
+    again = train.main(argv)
+    assert [(h["epoch"], h["loss"]) for h in again["history"]] == [(h["epoch"], h["loss"]) for h in summary["history"]]
+    with pytest.raises(SystemExit):
+        train.parse_args(train_args(world, out, xe / "cache", 1, scst="true") + ["--then-scst", "1"])
