@@ -3,9 +3,11 @@
     python bench/quality_sweep.py                                 # every variant x seeds 1, 2; 8 epochs each
     python bench/quality_sweep.py --variants base coords --seeds 1 2 3 --epochs 14
     python bench/quality_sweep.py --report-only                   # the table of the runs on disk
+    python bench/quality_sweep.py --variants coords lambda0 lambda0+scst --epochs 16   # the preset's budget
 
 Each run is `train.py --preset shapes` plus the variant's options, with its own seed and a fixed
-number of epochs, in runs/quality/<variant>-s<seed>; its best.pt (by val CIDEr, beam 3) is then
+number of epochs (EPOCHS-2 in a variant: two fewer, for the self-critical epoch that follows), in
+runs/quality/<variant>-s<seed> (its last stage's folder, with --then-scst); its best.pt (by val CIDEr, beam 3) is then
 scored by `evaluate.py` on `val` and on `test_shift` (the rendering styles training never sees).
 Resumable: finished runs and evaluations (their metrics JSON) are kept, an interrupted run
 continues from its last.pt. Prints a markdown table per split: mean ± std over seeds of the
@@ -29,6 +31,10 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     "coords": ["--coords", "true"],
     "prefer": ["--coords", "false", "--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
     "coords+prefer": ["--coords", "true", "--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
+    # The ablation table's leads (bench/ablations.py): no doubly stochastic regulariser, and a self-critical
+    # epoch after fewer cross-entropy ones, so that the preset stays within its 30 minutes.
+    "lambda0": ["--coords", "true", "--att-lambda", "0"],
+    "lambda0+scst": ["--coords", "true", "--att-lambda", "0", "--epochs", "EPOCHS-2", "--then-scst", "1"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")
@@ -57,10 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[tuple[str, int, str], dict] = {}
     for name in args.variants:
         for seed in args.seeds:
-            out = Path(args.out) / f"{name}-s{seed}"
+            run = Path(args.out) / f"{name}-s{seed}"
+            opts = [o.replace("EPOCHS-2", str(args.epochs - 2)) for o in VARIANTS[name]]
+            out = run / "scst" if "--then-scst" in opts else run  # where the model to score is
             if not args.report_only and not (out / "summary.json").is_file():
-                train.main(["--preset", "shapes", "--out", str(out), "--epochs", str(args.epochs), "--seed", str(seed),
-                            "--resume", "auto", "--no-progress", *VARIANTS[name]])
+                train.main(["--preset", "shapes", "--out", str(run), "--epochs", str(args.epochs), "--seed", str(seed),
+                            "--resume", "auto", "--no-progress", *opts])
             for split in SPLITS:
                 metrics = out / "eval" / f"metrics_{split}_beam3.json"
                 if not args.report_only and (out / "best.pt").is_file() and (args.rescore or not metrics.is_file()):
