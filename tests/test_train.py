@@ -263,6 +263,7 @@ def test_the_same_run_in_another_folder_exports_the_same_file(world, tmp_path, m
         here = tmp_path / clone
         shutil.copytree(world, here / "world")
         monkeypatch.chdir(here)
-        train.main(tiny_args(Path("world"), Path("run"), Path("cache"), epochs=1) + ["--export", "demo.pt"])
+        train.main(train_args(Path("world"), Path("run"), Path("cache"), 1, max_train_images=16, max_val_images=4)
+                   + ["--export", "demo.pt"])
         exported.append((here / "demo.pt").read_bytes())
     assert exported[0] == exported[1]
