@@ -41,6 +41,10 @@ class DecoderConfig:
     # Append each cell's normalised (x, y) in [-1, 1] to its annotation vector (not in the paper): attention
     # sees where a cell is, and the context z_t = sum_i alpha_ti a_i then carries the attended location.
     coords: bool = False
+    # h_0, c_0 from the mean annotation vector (0, the paper) or also from a layout x layout average-pooled
+    # grid of them, each cell projected to LAYOUT_DIM channels (not in the paper): the LSTM then starts
+    # knowing where things are, which a relation to an object not yet named needs.
+    layout: int = 0
     attention: str = "soft"  # "soft" (section 4.2), "hard" (section 4.1: sampled locations in training), "none"
 
     def __post_init__(self) -> None:
@@ -49,9 +53,12 @@ class DecoderConfig:
             raise ValueError(f"gate must be 'scalar', 'channel' or 'none', not {self.gate!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, not {self.attention!r}")
+        if not 0 <= self.layout <= min(self.grid):
+            raise ValueError(f"layout must be 0 (off) or a pooled grid size up to {min(self.grid)}, not {self.layout}")
 
 
 ATTENTIONS = ("soft", "hard", "none")
+LAYOUT_DIM = 32  # channels of each pooled cell that the initial state reads (DecoderConfig.layout)
 
 
 class SoftAttention(nn.Module):
@@ -95,8 +102,12 @@ class Decoder(nn.Module):
         if cfg.attention != "none":  # no unused parameters (DDP would refuse them)
             self.attention = SoftAttention(D, n, cfg.attention_dim)
         # Paper: c0, h0 are predicted from the mean annotation vector by two separate MLPs.
-        self.init_h = nn.Linear(C, n)
-        self.init_c = nn.Linear(C, n)
+        init_in = C
+        if cfg.layout:
+            self.layout_proj = nn.Linear(C, LAYOUT_DIM)
+            init_in += cfg.layout ** 2 * LAYOUT_DIM
+        self.init_h = nn.Linear(init_in, n)
+        self.init_c = nn.Linear(init_in, n)
         if cfg.gate != "none":
             self.f_beta = nn.Linear(n, 1 if cfg.gate == "scalar" else D)
         self.lstm = nn.LSTMCell(m + D, n)
@@ -131,8 +142,14 @@ class Decoder(nn.Module):
         return feats, self.attention.feat_proj(feats)
 
     def init_state(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = feats[:, :, : self.cfg.feature_dim].mean(dim=1)  # (B, C): the coordinates' mean says nothing
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        x = feats[:, :, : self.cfg.feature_dim]  # (B, N, C): the coordinates' mean says nothing
+        summary = x.mean(dim=1)  # (B, C)
+        if self.cfg.layout:
+            (h, w), g = self.cfg.grid, self.cfg.layout
+            cells = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(x.shape[0], -1, h, w), g)  # (B, C, g, g)
+            cells = self.layout_proj(cells.flatten(2).transpose(1, 2))  # (B, g*g, LAYOUT_DIM)
+            summary = torch.cat([summary, cells.flatten(1)], dim=1)  # (B, C + g*g*LAYOUT_DIM)
+        return torch.tanh(self.init_h(summary)), torch.tanh(self.init_c(summary))
 
     def step(self, prev_tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
              feats: torch.Tensor, feat_proj: torch.Tensor):

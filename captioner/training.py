@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_OPTIONS = ("backbone", "encoder_weights", "image_size", "stages", "grid_size")  # what encoder_config() reads
 DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm",
-                   "coords", "attention")
+                   "coords", "layout", "attention")
 
 
 @dataclass
@@ -98,6 +98,9 @@ class TrainConfig:
     feature_norm: bool = option(True, "LayerNorm each annotation vector before attention (true/false)")
     coords: bool = option(False, "append each cell's (x, y) to its annotation vector, so attention and the context "
                                  "carry the attended location (true/false)")
+    layout: int = option(0, "the LSTM's initial state also reads a g x g average-pooled grid of the annotation "
+                            "vectors (g = this; 0: only their mean, as the paper), so it starts knowing where things "
+                            "are")
     attention: str = option("soft", "soft (the expectation, section 4.2), hard (a sampled location per word in "
                                     "training, section 4.1; the expectation at test time), none (the mean annotation "
                                     "vector every step: no attention)")

@@ -387,3 +387,27 @@ def test_coords_off_is_the_decoder_it_was():
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert make_decoder(coords=True).lstm.input_size == a.lstm.input_size + 2
+
+
+def test_layout_lets_the_initial_state_see_where_an_object_is():
+    """The paper's h_0 reads the mean annotation vector, which is the same wherever an object lies
+    (moving it permutes the cells); with `layout` the initial state also reads a pooled grid, and
+    differs. layout=0 (what older checkpoints load as) adds no parameters."""
+    blob = torch.randn(C)
+    left, right = torch.zeros(1, GRID[0] * GRID[1], C), torch.zeros(1, GRID[0] * GRID[1], C)
+    left[0, 0], right[0, GRID[1] - 1] = blob, blob  # top-left cell vs top-right cell
+    for layout, moves in ((0, False), (2, True)):
+        dec = make_decoder(layout=layout)
+        with torch.no_grad():
+            h_left, _ = dec.init_state(dec.prepare(left)[0])
+            h_right, _ = dec.init_state(dec.prepare(right)[0])
+        assert torch.allclose(h_left, h_right, atol=1e-6) != moves, layout
+    assert make_decoder(layout=0).state_dict().keys() == make_decoder().state_dict().keys()
+    dec = make_decoder(layout=2)
+    tokens = torch.tensor([[START_ID, 5, 6, END_ID]] * 3)
+    logits, alphas = dec(feats(), tokens)
+    assert logits.shape == (3, 3, V) and torch.isfinite(logits).all()
+    result = search(dec, feats(), beam_size=2, max_len=6)
+    assert len(result) == 3
+    with pytest.raises(ValueError, match="layout"):
+        make_decoder(layout=GRID[0] + 1)

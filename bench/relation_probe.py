@@ -1,0 +1,144 @@
+"""Does a model know where things are? A teacher-forced probe of its relation words.
+
+    python bench/relation_probe.py                                       # the demo model, test split
+    python bench/relation_probe.py --checkpoint runs/ablations/none-s1/best.pt runs/ablations/soft-s1/best.pt
+
+Beam search rarely states a relation, so the caption metrics say little about whether the
+model could. This asks the model directly. Each reference caption of a multi-object image is
+fed to the decoder (teacher forcing, the true words so far); at every word that decides a
+spatial claim (left / right, above / below, top / bottom) the probe compares the probability
+the model gives the reference's word with the one it gives its opposite ("left" against
+"right"). The world's references are true, so a model that knows the layout prefers the
+reference's word: 50% is guessing, 100% knowing. Counted per form of the claim:
+
+  direct     "A is to the left of B", "A is above B"           (the relation to an object not yet named)
+  pronoun    "... and B to its left", "... and B above it"      (the relation to an object already named)
+  position   "A in the top left" (a place in the image: 3 x 3)
+
+The ordering form ("A on the left and B on the right") is left out: the world names the objects
+in their order along the axis, so once "on the"/"at the" is written its words follow from the
+template (a model gets them 100% right without looking); what is visual there is which object
+it names first, which the caption metrics' relation_accuracy checks.
+
+and where the attention is at that word: the share of α on the box of the object named just
+before the word (the subject; when exactly one object fits its colour and shape) and on the
+boxes of the others. Prints a markdown table per checkpoint; nothing is trained or written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above", "top": "bottom", "bottom": "top"}
+
+
+def claim_form(toks: list[str], i: int) -> str | None:
+    """The form of the spatial claim whose deciding word is toks[i] (one of OPPOSITE), or None."""
+    w, before = toks[i], toks[max(0, i - 3):i]
+    after = toks[i + 1] if i + 1 < len(toks) else ""
+    if w in ("left", "right"):
+        if before[-2:] == ["to", "its"]:
+            return "pronoun"
+        if before[-2:] == ["to", "the"] and after == "of":
+            return "direct"
+        if before[-1:] in (["top"], ["bottom"]) or before[-2:] == ["in", "the"]:
+            return "position"  # "in the top left", "in the left" does not occur but reads as one
+    elif w in ("above", "below"):
+        return "pronoun" if after == "it" else "direct"
+    elif w in ("top", "bottom") and before[-2:] == ["in", "the"]:
+        return "position"
+    return None  # the ordering form's "on the left" / "at the top" (see above), or no claim
+
+
+def probe(model, records, cache, objects, image_sizes, batch_size: int = 100) -> dict:
+    import numpy as np
+    import torch
+
+    from captioner.scene_metrics import _matches, box_coverage_grid, noun_phrases
+    from captioner.text import PAD_ID, tokenize
+
+    vocab, dec = model.vocab, model.decoder
+    grid = tuple(dec.cfg.grid)
+    items = []  # (image id, token list) of every reference caption of a multi-object image
+    for r in records:
+        if len(objects.get(r.image_id, [])) >= 2 and r.image_id in cache.row_of:
+            items += [(r.image_id, tokenize(c)) for c in r.captions]
+    stats: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            chunk = items[s:s + batch_size]
+            ids = [vocab.encode(t) for _, t in chunk]
+            T = max(map(len, ids))
+            tokens = torch.full((len(ids), T), PAD_ID, dtype=torch.long)
+            for k, row in enumerate(ids):
+                tokens[k, :len(row)] = torch.tensor(row)
+            feats = torch.from_numpy(np.stack([cache.features(i) for i, _ in chunk]).astype(np.float32))
+            logits, alphas = dec(feats, tokens)  # (B, T-1, V): logits[:, t] predicts tokens[:, t + 1]
+            logp = logits.log_softmax(-1)
+            for k, (iid, toks) in enumerate(chunk):
+                objs, size = objects[iid], image_sizes[iid]
+                boxes = [box_coverage_grid(o["bbox"], size, grid).reshape(-1) for o in objs]
+                phrases = noun_phrases(toks)
+                for i, w in enumerate(toks):
+                    form = claim_form(toks, i) if w in OPPOSITE else None
+                    if form is None or OPPOSITE[w] not in vocab.stoi:
+                        continue
+                    t = i  # toks[i] is tokens[k, i + 1], predicted at step i
+                    right, wrong = logp[k, t, vocab.stoi[w]].item(), logp[k, t, vocab.stoi[OPPOSITE[w]]].item()
+                    st = stats[form]
+                    st["knows"].append(float(right > wrong))
+                    st["p_right"].append(float(np.exp(right) / (np.exp(right) + np.exp(wrong))))
+                    subject = [p for p in phrases if p.end <= i]
+                    fits = _matches(subject[-1], objs) if subject else []
+                    if len(fits) == 1:
+                        a = alphas[k, t].numpy()
+                        st["alpha_subject"].append(float((a * boxes[fits[0]]).sum()))
+                        st["alpha_others"].append(float(sum((a * boxes[j]).sum() for j in range(len(objs))
+                                                            if j != fits[0])))
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", nargs="+", default=[str(ROOT / "checkpoints" / "shapes_demo.pt")])
+    p.add_argument("--split", default="test")
+    p.add_argument("--shapes-dir", default=str(ROOT / "data" / "shapes"))
+    p.add_argument("--cache-dir", default=str(ROOT / "cache"))
+    args = p.parse_args(argv)
+    import statistics
+
+    from captioner.evaluation import split_features
+    from captioner.model import Captioner
+    from captioner.sources import shapes_source
+
+    source = shapes_source(args.shapes_dir)
+    records = source.split(args.split)
+    print(f"{args.split} of {source.identity}: reference captions of multi-object images, teacher-forced; "
+          "'prefers' = P(reference word) > P(its opposite); α shares at that word\n")
+    print("| checkpoint | form | claims | prefers the true word | P(true) / (P(true) + P(opposite)) "
+          "| α on the subject's box | α on the other objects' boxes |")
+    print("|---|---|---|---|---|---|---|")
+    for ck in args.checkpoint:
+        model = Captioner.from_checkpoint(ck)
+        cache = split_features(model, records, args.cache_dir, source.name, args.split, progress=False)
+        stats = probe(model, records, cache, source.objects[args.split], source.image_sizes[args.split])
+        for form in ("direct", "pronoun", "position"):
+            st = stats.get(form)
+            if not st:
+                continue
+
+            def mean(k: str, st=st) -> str:
+                return f"{statistics.mean(st[k]):.3f}" if st.get(k) else "n/a"
+
+            print(f"| {Path(ck).parent.name}/{Path(ck).name} | {form} | {len(st['knows'])} | {mean('knows')} "
+                  f"| {mean('p_right')} | {mean('alpha_subject')} | {mean('alpha_others')} |")
+
+
+if __name__ == "__main__":
+    main()
