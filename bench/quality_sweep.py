@@ -35,6 +35,10 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     # epoch after fewer cross-entropy ones, so that the preset stays within its 30 minutes.
     "lambda0": ["--coords", "true", "--att-lambda", "0"],
     "lambda0+scst": ["--coords", "true", "--att-lambda", "0", "--epochs", "EPOCHS-2", "--then-scst", "1"],
+    # The initial state reads a 3 x 3 pooled grid (bench/relation_probe.py: at a relation word the model looks
+    # at neither object, so it cannot know where the one not yet named is).
+    "layout": ["--coords", "true", "--layout", "3"],
+    "lambda0+layout": ["--coords", "true", "--att-lambda", "0", "--layout", "3"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")

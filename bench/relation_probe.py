@@ -12,7 +12,8 @@ the model gives the reference's word with the one it gives its opposite ("left" 
 reference's word: 50% is guessing, 100% knowing. Counted per form of the claim:
 
   direct     "A is to the left of B", "A is above B"           (the relation to an object not yet named)
-  pronoun    "... and B to its left", "... and B above it"      (the relation to an object already named)
+  pronoun    "... and C to its left", "... and C above it", "... and C to the left of it"
+             (the relation to an object already named)
   position   "A in the top left" (a place in the image: 3 x 3)
 
 The ordering form ("A on the left and B on the right") is left out: the world names the objects
@@ -45,7 +46,7 @@ def claim_form(toks: list[str], i: int) -> str | None:
         if before[-2:] == ["to", "its"]:
             return "pronoun"
         if before[-2:] == ["to", "the"] and after == "of":
-            return "direct"
+            return "pronoun" if toks[i + 2:i + 3] == ["it"] else "direct"  # "C to the left of it": named
         if before[-1:] in (["top"], ["bottom"]) or before[-2:] == ["in", "the"]:
             return "position"  # "in the top left", "in the left" does not occur but reads as one
     elif w in ("above", "below"):
