@@ -39,6 +39,10 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     # at neither object, so it cannot know where the one not yet named is).
     "layout": ["--coords", "true", "--layout", "3"],
     "lambda0+layout": ["--coords", "true", "--att-lambda", "0", "--layout", "3"],
+    # One self-attention layer over the annotation vectors: the cell under an object also carries the others
+    # and where they are, so the decoder can read a relation where it looks at the subject.
+    "refine": ["--coords", "true", "--refine", "1"],
+    "lambda0+refine": ["--coords", "true", "--att-lambda", "0", "--refine", "1"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             out = run / "scst" if "--then-scst" in opts else run  # where the model to score is
             if not args.report_only and not (out / "summary.json").is_file():
                 train.main(["--preset", "shapes", "--out", str(run), "--epochs", str(args.epochs), "--seed", str(seed),
-                            "--resume", "auto", "--no-progress", *opts])
+                            "--resume", "auto", "--no-progress", "--then-scst", "0", *opts])
             for split in SPLITS:
                 metrics = out / "eval" / f"metrics_{split}_beam3.json"
                 if not args.report_only and (out / "best.pt").is_file() and (args.rescore or not metrics.is_file()):

@@ -45,6 +45,10 @@ class DecoderConfig:
     # grid of them, each cell projected to LAYOUT_DIM channels (not in the paper): the LSTM then starts
     # knowing where things are, which a relation to an object not yet named needs.
     layout: int = 0
+    # Self-attention layers (pre-norm Transformer encoder layers) over the annotation vectors, after the
+    # position embedding and before the decoder attends (0, the paper): each cell can then carry what lies
+    # around it and where ("a blue square to my right"), which a relation between two objects needs.
+    refine: int = 0
     attention: str = "soft"  # "soft" (section 4.2), "hard" (section 4.1: sampled locations in training), "none"
 
     def __post_init__(self) -> None:
@@ -55,6 +59,10 @@ class DecoderConfig:
             raise ValueError(f"attention must be one of {ATTENTIONS}, not {self.attention!r}")
         if not 0 <= self.layout <= min(self.grid):
             raise ValueError(f"layout must be 0 (off) or a pooled grid size up to {min(self.grid)}, not {self.layout}")
+        if self.refine < 0:
+            raise ValueError(f"refine must be 0 (off) or a number of self-attention layers, not {self.refine}")
+        if self.refine and not self.pos_embed:
+            raise ValueError("refine needs pos_embed: without positions, self-attention cannot tell where a cell is")
 
 
 ATTENTIONS = ("soft", "hard", "none")
@@ -98,6 +106,11 @@ class Decoder(nn.Module):
             nn.init.normal_(self.col_embed, std=0.02)
         if cfg.feature_norm:
             self.feature_norm = nn.LayerNorm(C)
+        if cfg.refine:
+            heads = next(k for k in (4, 2, 1) if C % k == 0)
+            layer = nn.TransformerEncoderLayer(C, heads, dim_feedforward=2 * C, dropout=cfg.dropout,
+                                               batch_first=True, norm_first=True)
+            self.refiner = nn.TransformerEncoder(layer, cfg.refine, enable_nested_tensor=False)
         self.embed = nn.Embedding(cfg.vocab_size, m)
         if cfg.attention != "none":  # no unused parameters (DDP would refuse them)
             self.attention = SoftAttention(D, n, cfg.attention_dim)
@@ -135,6 +148,8 @@ class Decoder(nn.Module):
                 raise ValueError(f"features have {feats.shape[1]} cells, decoder expects {h}x{w}")
             pos = (self.row_embed[:, None, :] + self.col_embed[None, :, :]).reshape(h * w, -1)  # (N, C)
             feats = feats + pos
+        if self.cfg.refine:
+            feats = self.refiner(feats)  # (B, N, C): each cell has read every other one
         if self.cfg.coords:
             feats = torch.cat([feats, cell_coords(self.cfg.grid, feats).expand(feats.shape[0], -1, -1)], dim=2)
         if self.cfg.attention == "none":

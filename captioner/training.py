@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_OPTIONS = ("backbone", "encoder_weights", "image_size", "stages", "grid_size")  # what encoder_config() reads
 DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm",
-                   "coords", "layout", "attention")
+                   "coords", "layout", "refine", "attention")
 
 
 @dataclass
@@ -101,6 +101,8 @@ class TrainConfig:
     layout: int = option(0, "the LSTM's initial state also reads a g x g average-pooled grid of the annotation "
                             "vectors (g = this; 0: only their mean, as the paper), so it starts knowing where things "
                             "are")
+    refine: int = option(0, "self-attention layers over the annotation vectors before the decoder attends (0: "
+                            "none, as the paper), so that each cell carries what lies around it and where")
     attention: str = option("soft", "soft (the expectation, section 4.2), hard (a sampled location per word in "
                                     "training, section 4.1; the expectation at test time), none (the mean annotation "
                                     "vector every step: no attention)")

@@ -411,3 +411,30 @@ def test_layout_lets_the_initial_state_see_where_an_object_is():
     assert len(result) == 3
     with pytest.raises(ValueError, match="layout"):
         make_decoder(layout=GRID[0] + 1)
+
+
+def test_refine_lets_each_cell_know_what_lies_elsewhere():
+    """Without `refine` a cell's annotation vector is its own: moving another object leaves it unchanged.
+    With self-attention layers over the cells, the cell under one object changes when another object moves
+    (what "A is to the left of B" needs, read at A). refine=0 (what older checkpoints load as) adds nothing."""
+    a, b = torch.randn(C), torch.randn(C)
+    near, far = torch.zeros(1, GRID[0] * GRID[1], C), torch.zeros(1, GRID[0] * GRID[1], C)
+    near[0, 0] = far[0, 0] = a
+    near[0, 1], far[0, GRID[0] * GRID[1] - 1] = b, b  # B next to A, or in the far corner
+    for refine, moves in ((0, False), (1, True)):
+        dec = make_decoder(refine=refine)
+        with torch.no_grad():
+            at_a_near, at_a_far = dec.prepare(near)[0][0, 0], dec.prepare(far)[0][0, 0]
+        assert torch.allclose(at_a_near, at_a_far, atol=1e-6) != moves, refine
+    assert make_decoder(refine=0).state_dict().keys() == make_decoder().state_dict().keys()
+    dec = make_decoder(refine=2).train()
+    tokens = torch.tensor([[START_ID, 5, 6, END_ID]] * 3)
+    logits, alphas = dec(feats(), tokens)
+    assert logits.shape == (3, 3, V) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dec.refiner.parameters())
+    assert len(search(dec.eval(), feats(), beam_size=2, max_len=6)) == 3
+    with pytest.raises(ValueError, match="refine"):
+        make_decoder(refine=-1)
+    with pytest.raises(ValueError, match="pos_embed"):
+        make_decoder(refine=1, pos_embed=False)
