@@ -267,3 +267,15 @@ def test_the_same_run_in_another_folder_exports_the_same_file(world, tmp_path, m
                    + ["--export", "demo.pt"])
         exported.append((here / "demo.pt").read_bytes())
     assert exported[0] == exported[1]
+
+
+def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one():
+    """`--preset shapes` is cross-entropy then one self-critical epoch (the demo model's recipe); a
+    self-critical run started on the preset's options is that stage itself, and --then-scst 0 stops early.
+    Asking for a stage after a self-critical run is still refused."""
+    assert train.parse_args(["--preset", "shapes"]).then_scst == 1
+    assert train.parse_args(["--preset", "shapes", "--then-scst", "0"]).then_scst == 0
+    args = train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"])
+    assert args.then_scst == 0 and train.train_config(args).scst
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "shapes", "--scst", "true", "--then-scst", "1"])
