@@ -32,17 +32,18 @@ def test_demo_model_meets_the_floors(test_metrics):
     """Floors the committed model holds with a margin (README, "Results: the demo model").
 
     The model-quality issue's floors (scene accuracy >= 0.90, CHAIR_i <= 0.05, relation_rate >= 0.20
-    with relation accuracy >= 0.80 on test) are not reached yet: the README says by how much.
+    with relation accuracy >= 0.80 on test) are not reached yet: the README says by how much (this
+    model, 14 cross-entropy epochs and one self-critical one, states no relation at all).
     """
     result, out = test_metrics
     m = result["metrics"]
     assert result["info"]["split"] == "test" and result["info"]["beam"] == 3
     assert result["info"]["images"] == 1000
-    assert m["BLEU-4"] >= 0.60, m
-    assert m["scene_accuracy"] >= 0.80, m
-    assert m["object_recall"] >= 0.85, m
-    assert m["CHAIR_i"] <= 0.15, m
-    assert m["grounding"] >= 0.45 and m["grounding"] >= 5 * m["grounding_chance"], m
+    assert m["BLEU-4"] >= 0.75, m
+    assert m["scene_accuracy"] >= 0.85, m
+    assert m["object_recall"] >= 0.89, m
+    assert m["CHAIR_i"] <= 0.09, m
+    assert m["grounding"] >= 0.55 and m["grounding"] >= 5 * m["grounding_chance"], m
     saved = json.loads((out / "metrics_test_beam3.json").read_text())
     assert saved["metrics"]["BLEU-4"] == pytest.approx(m["BLEU-4"])
 
@@ -50,7 +51,7 @@ def test_demo_model_meets_the_floors(test_metrics):
 def test_demo_model_on_unseen_colour_shape_pairs(tmp_path):
     result = evaluate.main(["--split", "test_novel", "--out", str(tmp_path), "--no-progress", "--no-meteor"])
     assert result["info"]["images"] == 1000
-    assert result["metrics"]["scene_accuracy"] >= 0.45, result["metrics"]
+    assert result["metrics"]["scene_accuracy"] >= 0.55, result["metrics"]
 
 
 def test_demo_model_captions_a_shapes_image_sensibly(test_metrics):  # the fixture made sure the world exists
