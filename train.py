@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     defaults = {}
+    stated = args.then_scst is not None  # said on the command line or in --config, not by the preset
     if args.preset:
         defaults.update(PRESETS[args.preset])
     if args.config:
@@ -85,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if unknown:
             parser.error(f"{args.config}: unknown keys {sorted(unknown)}")
         defaults.update(loaded)
-    stated = args.then_scst is not None or "then_scst" in defaults.keys() - PRESETS.get(args.preset, {}).keys()
+        stated = stated or "then_scst" in loaded
     for k, v in defaults.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)

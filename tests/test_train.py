@@ -269,7 +269,7 @@ def test_the_same_run_in_another_folder_exports_the_same_file(world, tmp_path, m
     assert exported[0] == exported[1]
 
 
-def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one():
+def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one(tmp_path):
     """`--preset shapes` is cross-entropy then one self-critical epoch (the demo model's recipe); a
     self-critical run started on the preset's options is that stage itself, and --then-scst 0 stops early.
     Asking for a stage after a self-critical run is still refused."""
@@ -279,3 +279,7 @@ def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one():
     assert args.then_scst == 0 and train.train_config(args).scst
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "shapes", "--scst", "true", "--then-scst", "1"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("then_scst: 1\n")  # a stage asked for in a config file is asked for too
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "shapes", "--config", str(cfg), "--scst", "true"])
