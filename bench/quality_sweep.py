@@ -43,6 +43,9 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     # and where they are, so the decoder can read a relation where it looks at the subject.
     "refine": ["--coords", "true", "--refine", "1"],
     "lambda0+refine": ["--coords", "true", "--att-lambda", "0", "--refine", "1"],
+    # Attention supervised with the world's boxes: an object's words look at it, a relation's deciding word at
+    # the other object (bench/relation_probe.py: at that word the models looked at neither).
+    "attsup": ["--coords", "true", "--att-supervision", "1"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")

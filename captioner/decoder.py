@@ -324,6 +324,19 @@ def caption_loss(logits: torch.Tensor, alphas: torch.Tensor, tokens: torch.Tenso
     return ce + att_lambda * reg, ce, reg
 
 
+def attention_supervision(alphas: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of -log(sum of alpha_t over the target cells) over the supervised steps.
+
+    alphas (B, T-1, N); targets (B, T-1, N) bool, all-False rows unsupervised (what
+    scene_metrics.attention_targets gives: an object word's box, the other object of a relation).
+    Not in the paper; the attention-correctness supervision of Liu et al. 2017 with the boxes the
+    shapes world knows.
+    """
+    rows = targets.any(dim=2)  # (B, T-1)
+    mass = (alphas.float() * targets).sum(dim=2).clamp(min=1e-6)
+    return -(mass.log() * rows).sum(), rows.sum()
+
+
 def hard_attention_terms(logits: torch.Tensor, alphas: torch.Tensor, locations: torch.Tensor, tokens: torch.Tensor,
                          baseline: float, objective: str = "token"):
     """The terms section 4.1 adds to the cross-entropy for hard attention, as losses to minimise.

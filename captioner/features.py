@@ -465,7 +465,8 @@ class CaptionFeatureDataset(Dataset):
 
     def __init__(self, cache: FeatureCache | FeatureView, records: Sequence[ImageRecord], vocab: Vocab,
                  max_len: int = 30, per_image: str = "one", seed: int = 0, prefer: str | None = None,
-                 prefer_weight: float = 1.0, tokens: Mapping[int, list[list[str]]] | None = None):
+                 prefer_weight: float = 1.0, tokens: Mapping[int, list[list[str]]] | None = None,
+                 attention_targets: Mapping[int, list[tuple[np.ndarray, np.ndarray]]] | None = None):
         if per_image not in ("one", "all"):
             raise ValueError(f"per_image must be 'one' or 'all', not {per_image!r}")
         by_id = {r.image_id: r for r in records}
@@ -475,6 +476,8 @@ class CaptionFeatureDataset(Dataset):
         self.weights = [reference_weights(by_id[i].captions, prefer, prefer_weight) for i in self.image_ids]
         self.per_image = per_image
         self.pairs = [(k, j) for k, caps in enumerate(self.captions) for j in range(len(caps))]
+        # image id -> per reference (word indices, (k, N) bool cell masks): where its words should look
+        self.targets = None if attention_targets is None else [attention_targets[i] for i in self.image_ids]
         self.seed = seed
         self.epoch = 0
 
@@ -490,7 +493,19 @@ class CaptionFeatureDataset(Dataset):
             j = _reference_index(self.seed, self.epoch, i, len(self.captions[k]), self.weights[k])
         else:
             k, j = self.pairs[i]
-        return self.image_features(k), torch.tensor(self.captions[k][j], dtype=torch.long)
+        feats, tokens = self.image_features(k), torch.tensor(self.captions[k][j], dtype=torch.long)
+        if self.targets is None:
+            return feats, tokens
+        return feats, tokens, self.target_masks(k, j, len(tokens) - 1, feats.shape[0])
+
+    def target_masks(self, k: int, j: int, steps: int, cells: int) -> torch.Tensor:
+        """(steps, N) bool: row t marks where the attention predicting token t + 1 (word t) should look;
+        all-False rows are not supervised (words cut by max_len included)."""
+        out = torch.zeros(steps, cells, dtype=torch.bool)
+        words, masks = self.targets[k][j]
+        keep = words < steps - 1  # the last step predicts <end>
+        out[torch.from_numpy(words[keep])] = torch.from_numpy(masks[keep])
+        return out
 
     def image_features(self, k: int) -> torch.Tensor:
         """(N, C) fp16 features of image k (of image_ids)."""
@@ -526,13 +541,19 @@ class ImageCaptionDataset(Dataset):
 
 
 def collate_captions(batch):
-    """Stack inputs (as float32) and right-pad the token sequences with <pad>."""
+    """Stack inputs (as float32) and right-pad the token sequences with <pad> (and the attention targets, when
+    the items have them, with unsupervised steps)."""
     batch = [b for b in batch if b is not None]  # unreadable images were reported and dropped
     if not batch:
         return None
     inputs = torch.stack([b[0] for b in batch]).float()
     T = max(len(b[1]) for b in batch)
     tokens = torch.full((len(batch), T), PAD_ID, dtype=torch.long)
-    for r, (_, t) in enumerate(batch):
-        tokens[r, : len(t)] = t
-    return inputs, tokens
+    for r, b in enumerate(batch):
+        tokens[r, : len(b[1])] = b[1]
+    if len(batch[0]) == 2:
+        return inputs, tokens
+    targets = torch.zeros(len(batch), T - 1, batch[0][2].shape[1], dtype=torch.bool)  # attention targets
+    for r, b in enumerate(batch):
+        targets[r, : len(b[2])] = b[2]
+    return inputs, tokens, targets

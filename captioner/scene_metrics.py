@@ -516,6 +516,62 @@ def attention_grounding(
     }
 
 
+# Words that decide a relation ("to the LEFT of", "ABOVE it", "on the RIGHT", "in the MIDDLE").
+_DECIDING = frozenset({"left", "right", "above", "below", "top", "bottom", "middle"})
+
+
+def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> list[tuple[int, tuple[int, ...]]]:
+    """Where a reference caption's words should look: (token index, indices of objs) pairs.
+
+    The supervision `train.py --att-supervision` gives the attention (shapes world only):
+    - each colour and shape word of a noun phrase that names exactly one object looks at it;
+    - the word that decides a stated relation looks at the *other* argument: in "A is to the left
+      of B" the word "left" looks at B, which is not yet named (the LSTM holds A, the context then
+      holds B: comparing them is a read-out, not a memory); in "B with A to its left" and "and C
+      above it" at the referent of "its"/"it"; in "A on the left and B on the right" each place
+      word at the object(s) it is ordered against.
+    Statements whose arguments match several objects, or none, give no target.
+    """
+    toks = _tokens(caption)
+    out: dict[int, set[int]] = {}
+    for p in noun_phrases(toks):
+        found = _matches(p, objs) if p.colour else []
+        if len(found) == 1:
+            for t in (p.colour_idx, p.end - 1):
+                out.setdefault(t, set()).add(found[0])
+    deciding = [k for k, w in enumerate(toks) if w in _DECIDING]
+    for st in relation_statements(toks):
+        a, b = _matches(st.subject, objs), _matches(st.object, objs)
+        if len(a) != 1 or len(b) != 1 or a == b:
+            continue
+        if st.form == "positional":  # each phrase's place word, right after it, looks at the other
+            for phrase, other in ((st.subject, b[0]), (st.object, a[0])):
+                k = next((k for k in deciding if k >= phrase.end), None)
+                if k is not None and k - phrase.end <= 2:  # "on the left": the place word follows the phrase
+                    out.setdefault(k, set()).add(other)
+        elif st.object.start > st.subject.start:  # "A [is] to the left of B": the last deciding word before B
+            k = next((k for k in reversed(deciding) if st.subject.end <= k < st.object.start), None)
+            if k is not None:
+                out.setdefault(k, set()).add(b[0])
+        else:  # "B with A to its left", "and C above it": the first deciding word after the subject
+            k = next((k for k in deciding if k >= st.subject.end), None)
+            if k is not None:
+                out.setdefault(k, set()).add(b[0])
+    return [(k, tuple(sorted(v))) for k, v in sorted(out.items())]
+
+
+def attention_target_masks(caption: str | Sequence[Any], objs: Sequence[Mapping], image_size: tuple[int, int],
+                           grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """attention_targets as (token indices (k,) int64, masks (k, h*w) bool): each target's cells are those its
+    objects' boxes touch (coverage > 0) on the decoder's grid, rows in the features' order."""
+    targets = attention_targets(caption, objs)
+    masks = np.zeros((len(targets), int(grid[0]) * int(grid[1])), dtype=bool)
+    for r, (_, which) in enumerate(targets):
+        for j in which:
+            masks[r] |= box_coverage_grid(objs[j]["bbox"], image_size, grid).reshape(-1) > 0
+    return np.array([k for k, _ in targets], dtype=np.int64), masks
+
+
 # --------------------------------------------------------------------------------------------
 # All of them: what evaluation reports
 # --------------------------------------------------------------------------------------------

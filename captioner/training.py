@@ -60,7 +60,7 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
-from .scene_metrics import SHAPES_METRICS
+from .scene_metrics import SHAPES_METRICS, attention_target_masks
 from .search import DEFAULT_MAX_LEN
 from .sources import DataSource
 from .text import Vocab, tokenize
@@ -118,6 +118,10 @@ class TrainConfig:
                                      "(--att-reduction); paper: Xu et al.'s objective, each caption's cross-entropy "
                                      "summed over its words + lambda x sum_i (1 - sum_t alpha_ti)^2, both averaged "
                                      "over captions (see the README's table)")
+    att_supervision: float = option(0.0, "weight of attention supervision from the objects' boxes (shapes world, "
+                                         "cached features, soft attention): -log of the attention mass that a "
+                                         "colour/shape word puts on its object and a relation word on the other "
+                                         "object of the relation (0: off, as the paper)")
     # vocabulary and captions
     min_count: int = option(5, "words seen fewer times in training captions become <unk>")
     max_caption_len: int = option(30, "training captions are cut to this many words")
@@ -202,6 +206,11 @@ class TrainConfig:
         if self.scst and self.fine_tune_encoder:
             raise ValueError("self-critical training runs on cached features: it does not fine-tune the encoder "
                              "(drop --fine-tune-encoder)")
+        if self.att_supervision < 0:
+            raise ValueError(f"att_supervision must be 0 (off) or positive, not {self.att_supervision}")
+        if self.att_supervision and (self.scst or self.fine_tune_encoder):
+            raise ValueError("--att-supervision weighs a term of the cross-entropy stage on cached features: "
+                             "not with --scst or --fine-tune-encoder")
         if self.sample_max_len < 1:
             raise ValueError(f"sample_max_len must be >= 1, not {self.sample_max_len}")
 
@@ -444,7 +453,8 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
         train_cache = cached_features(model.encoder, train_records, cfg.cache_dir, source.name, "train", **feat_kw)
         train_ds = CaptionFeatureDataset(train_cache, train_records, model.vocab, cfg.max_caption_len,
                                          cfg.captions_per_image, cfg.seed, cfg.prefer_captions, cfg.prefer_weight,
-                                         tokens=tokens)
+                                         tokens=tokens, attention_targets=_attention_targets(cfg, source, model,
+                                                                                             train_records, tokens))
     val_cache = split_features(model, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
     if cfg.scst:  # one item per image: its features and its index (the references come from train_ds)
@@ -463,6 +473,28 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
                val_cache, resume=resume["train"] if resume is not None else None)
     run.objective = make_objective(run)
     return run
+
+
+def _attention_targets(cfg: TrainConfig, source: DataSource, model: Captioner, records: list,
+                       tokens: dict[int, list[list[str]]]) -> dict[int, list] | None:
+    """With --att-supervision: image id -> per reference caption, where its words should look (word
+    indices and cell masks on the model's grid, from the objects' boxes); None without it."""
+    if not cfg.att_supervision:
+        return None
+    if model.cfg.decoder.attention != "soft":
+        raise ValueError(f"--att-supervision supervises soft attention; this model's is "
+                         f"{model.cfg.decoder.attention!r}")
+    objects, sizes = source.objects.get("train"), source.image_sizes.get("train")
+    if not objects or not sizes:
+        raise ValueError(f"--att-supervision needs each training image's objects and their boxes (the shapes "
+                         f"world); {source.name} has none")
+    grid = model.cfg.decoder.grid
+    out = {r.image_id: [attention_target_masks(t, objects.get(r.image_id, []), sizes[r.image_id], grid)
+                        for t in tokens[r.image_id]] for r in records}
+    steps = sum(len(w) for caps in out.values() for w, _ in caps)
+    log.info("attention supervision (weight %g): %d supervised words in %d references", cfg.att_supervision, steps,
+             sum(len(caps) for caps in out.values()))
+    return out
 
 
 def _optimisation(run: _Run) -> None:
@@ -536,8 +568,8 @@ def train_one_epoch(run: _Run, epoch: int, step: int, writer: _Writer | None) ->
                 continue
         if batch is None:
             continue
-        inputs, tokens = (x.to(device, non_blocking=True) for x in batch)
-        stats = run.objective(inputs, tokens, step)
+        inputs, tokens, *targets = (x.to(device, non_blocking=True) for x in batch)  # targets: --att-supervision
+        stats = run.objective(inputs, tokens, step, *targets)
         run.scheduler.step()
         step += 1
         batches += 1

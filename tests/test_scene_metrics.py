@@ -599,3 +599,66 @@ def test_references_read_back_as_true(references):
     print(f"\nreferences of {len(objects)} images ({empty} empty): relation_rate {r['relation_rate']:.4f} "
           f"({stating} of {multi} multi-object captions), relations {dict(by_form)}, "
           f"positions {p['positions_checked']}, counts stated {h['counts_stated']}, templates {dict(templates)}")
+
+
+# ---------------------------------------------------------------- where a reference's words should look
+
+
+SCENE = [obj("red", "circle", [10, 100, 20, 20]), obj("blue", "square", [150, 100, 20, 20]),
+         obj("green", "cross", [100, 10, 20, 20])]
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("a red circle is to the left of a blue square",  # "left" looks at the square, not yet named
+     [("red", "red"), ("circle", "red"), ("left", "blue"), ("blue", "blue"), ("square", "blue")]),
+    ("a blue square with a red circle to its left",  # "its": the square
+     [("blue", "blue"), ("square", "blue"), ("red", "red"), ("circle", "red"), ("left", "blue")]),
+    ("a red circle is to the left of a blue square and a green cross above it",
+     [("red", "red"), ("circle", "red"), ("left", "blue"), ("blue", "blue"), ("square", "blue"),
+      ("green", "green"), ("cross", "green"), ("above", "blue")]),
+    ("a blue square is to the right of a red circle and below a green cross",  # the second object of one subject
+     [("blue", "blue"), ("square", "blue"), ("right", "red"), ("red", "red"), ("circle", "red"),
+      ("below", "green"), ("green", "green"), ("cross", "green")]),
+    ("a red circle on the left a green cross in the middle and a blue square on the right",
+     [("red", "red"), ("circle", "red"), ("left", "green"), ("green", "green"), ("cross", "green"),
+      ("middle", "red+blue"), ("blue", "blue"), ("square", "blue"), ("right", "green")]),
+    ("a purple circle is to the left of a blue square",  # an absent subject: its words and the relation unsupervised
+     [("blue", "blue"), ("square", "blue")]),
+    ("a circle and a blue square", [("blue", "blue"), ("square", "blue")]),  # no colour: no target
+])
+def test_attention_targets_point_words_at_their_objects_and_relation_words_at_the_other(caption, expected):
+    toks = caption.split()
+    got = [(toks[k], "+".join(SCENE[j]["colour"] for j in which)) for k, which in S.attention_targets(toks, SCENE)]
+    assert got == expected
+
+
+def test_attention_targets_skip_what_names_several_objects_and_become_grid_masks():
+    twins = SCENE + [obj("red", "circle", [10, 10, 20, 20])]
+    toks = "a red circle is to the left of a blue square".split()
+    assert [toks[k] for k, _ in S.attention_targets(toks, twins)] == ["blue", "square"]  # which red circle?
+    words, masks = S.attention_target_masks(toks, SCENE, (224, 224), (14, 14))
+    assert words.tolist() == [1, 2, 6, 9, 10] and masks.shape == (5, 196) and masks.dtype == bool
+    circle = S.box_coverage_grid(SCENE[0]["bbox"], (224, 224), (14, 14)).reshape(-1) > 0
+    square = S.box_coverage_grid(SCENE[1]["bbox"], (224, 224), (14, 14)).reshape(-1) > 0
+    assert (masks[0] == circle).all() and (masks[2] == square).all() and 1 <= circle.sum() <= 4
+
+
+def test_attention_targets_of_the_world_references(references):
+    objects, captions = references
+    related = 0
+    for img_id, caption in captions:
+        objs, toks = objects[img_id], S._tokens(caption)
+        phrases = S.noun_phrases(toks)
+        for k, which in S.attention_targets(toks, objs):
+            assert len(which) >= 1, caption
+            if toks[k] in S.COLOURS or toks[k] in S._SHAPE_FORMS:  # an object word: its own object
+                p = next(p for p in phrases if k in (p.colour_idx, p.end - 1))
+                assert which == (S._matches(p, objs)[0],), caption
+                continue
+            assert toks[k] in S._DECIDING, caption
+            related += 1
+            # a relation word looks at an object the caption names, never the one named just before it
+            before = [p for p in phrases if p.end <= k][-1]
+            assert set(which).isdisjoint(S._matches(before, objs)), caption
+            assert set(which) <= {j for p in phrases for j in S._matches(p, objs)}, caption
+    assert related > 100

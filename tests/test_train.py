@@ -283,3 +283,48 @@ def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one(tmp_
     cfg.write_text("then_scst: 1\n")  # a stage asked for in a config file is asked for too
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "shapes", "--config", str(cfg), "--scst", "true"])
+
+
+def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path, capsys):
+    """--att-supervision: the supervised run's attention mass on its targets rises, and beats that of the same
+    run with a vanishing weight (which logs the same term without learning from it); the dataset's target rows
+    sit at the steps that predict the supervised words; and the option is refused where it cannot apply."""
+    sup = {}
+    for w in ("1e-9", "5"):
+        history = train.main(train_args(world, tmp_path / w, tmp_path / "cache", 3, att_supervision=w,
+                                        coords="true"))["history"]
+        sup[w] = [h["sup"] for h in history]  # mean -log(attention mass on the target cells)
+    assert sup["5"][-1] < 0.8 * sup["5"][0] and sup["5"][-1] < 0.7 * sup["1e-9"][-1], sup
+
+    from captioner.features import CaptionFeatureDataset, FeatureCache
+    from captioner.model import Captioner
+    from captioner.scene_metrics import _DECIDING, COLOURS, SHAPES, attention_target_masks
+    from captioner.sources import shapes_source
+    from captioner.text import tokenize
+    model = Captioner.from_model_state(load_checkpoint(tmp_path / "5" / "best.pt")["model"])
+    source = shapes_source(world, generate=False)
+    records = source.split("train")
+    tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
+    targets = {r.image_id: [attention_target_masks(t, source.objects["train"][r.image_id],
+                                                   source.image_sizes["train"][r.image_id], model.grid)
+                            for t in tokens[r.image_id]] for r in records}
+    cache = FeatureCache(next((tmp_path / "cache").glob("*/train-*")))
+    ds = CaptionFeatureDataset(cache, records, model.vocab, per_image="all", tokens=tokens, attention_targets=targets)
+    words = set()
+    for i in range(len(ds)):
+        _, ids, rows = ds[i]
+        assert rows.shape == (len(ids) - 1, 196)
+        words |= {model.vocab.itos[ids[t + 1]] for t in rows.any(dim=1).nonzero().flatten().tolist()}
+    assert words <= set(COLOURS) | set(SHAPES) | {s + "s" for s in SHAPES} | _DECIDING
+    assert {"left", "right"} <= words and len(words & set(COLOURS)) >= 4
+
+    with pytest.raises(ValueError, match="supervises soft attention"):
+        train.main(train_args(world, tmp_path / "hard", tmp_path / "cache", 1, att_supervision="1", attention="hard"))
+    with pytest.raises(SystemExit):  # TrainConfig refuses it with --scst: argparse reports it
+        train.main(train_args(world, tmp_path / "scst", tmp_path / "cache", 1, att_supervision="1", scst="true",
+                              init_from=tmp_path / "5" / "best.pt"))
+    assert "--att-supervision weighs a term of the cross-entropy stage" in capsys.readouterr().err
+    # a --then-scst stage after a supervised run is a plain self-critical stage
+    args = train.parse_args(train_args(world, tmp_path / "x", tmp_path / "cache", 1, att_supervision="1",
+                                       then_scst="1"))
+    assert train.second_stage(args, train.train_config(args)).att_supervision == 0
