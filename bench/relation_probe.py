@@ -105,12 +105,95 @@ def probe(model, records, cache, objects, image_sizes, batch_size: int = 100) ->
     return stats
 
 
+def linear_readout(model, records, cache, objects, image_sizes, batch_size: int = 100) -> dict:
+    """Is the relation within a linear read-out's reach? For each direct or pronoun claim with a single
+    left/right/above/below word whose two objects each match one object of the scene, take the
+    LSTM state entering that word's step (h_{t-1}) and the coordinates the context holds there (the
+    attention's expectation of the cells' (x, y), what --coords appends). Fit, on the images of one half,
+    ridge regressions of the subject's centre from h_{t-1}, and a linear classifier of the true word from
+    [h_{t-1}, context (x, y)]; report R^2 and accuracy on the other half, with the attended (x, y)'s
+    correlation with the other object's centre (and, as a check of the machinery, the R^2 of that centre
+    regressed on the attended (x, y))."""
+    import numpy as np
+    import torch
+
+    from captioner.decoder import cell_coords
+    from captioner.scene_metrics import _matches, relation_statements
+    from captioner.shapes import IMAGE_SIZE, _centre
+    from captioner.text import PAD_ID, tokenize
+
+    vocab, dec = model.vocab, model.decoder
+    items = [(r.image_id, tokenize(c)) for r in records if len(objects.get(r.image_id, [])) >= 2
+             and r.image_id in cache.row_of for c in r.captions]
+    rows = []  # (image id, h_{t-1}, context xy, subject centre, other centre, word is left/above (1) or not (0))
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            chunk = items[s:s + batch_size]
+            ids = [vocab.encode(t) for _, t in chunk]
+            tokens = torch.full((len(ids), max(map(len, ids))), PAD_ID, dtype=torch.long)
+            for k, row in enumerate(ids):
+                tokens[k, :len(row)] = torch.tensor(row)
+            feats = torch.from_numpy(np.stack([cache.features(i) for i, _ in chunk]).astype(np.float32))
+            fx, proj = dec.prepare(feats)
+            xy = cell_coords(dec.cfg.grid, fx)[0]  # (N, 2)
+            h, c = dec.init_state(fx)
+            hs, ctx = [], []
+            for t in range(tokens.shape[1] - 1):
+                hs.append(h)
+                _, h, c, alpha = dec.step(tokens[:, t], h, c, fx, proj)
+                ctx.append(alpha @ xy)
+            for k, (iid, toks) in enumerate(chunk):
+                objs = objects[iid]
+                for st in relation_statements(toks):
+                    a, b = _matches(st.subject, objs), _matches(st.object, objs)
+                    words = [i for i, w in enumerate(toks) if w in ("left", "right", "above", "below")]
+                    if st.form == "positional" or len(a) != 1 or len(b) != 1 or a == b or len(words) != 1:
+                        continue  # one claim per caption: its word is unambiguous
+                    i = words[0]
+                    centre = [np.array(_centre(objs[j])) / IMAGE_SIZE * 2 - 1 for j in (a[0], b[0])]
+                    rows.append((iid, hs[i][k].numpy(), ctx[i][k].numpy(), centre[0], centre[1],
+                                 float(toks[i] in ("left", "above"))))
+    if len(rows) < 20:
+        return {"claims": len(rows)}
+    images = sorted({r[0] for r in rows})
+    fit = np.array([r[0] in set(images[::2]) for r in rows])
+    H, Z = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
+    S, Ot, y = np.stack([r[3] for r in rows]), np.stack([r[4] for r in rows]), np.array([r[5] for r in rows])
+
+    def ridge(X, Y):
+        """Predictions for the scored half; the penalty chosen on the fitting half (fit on its even images,
+        checked on its odd ones)."""
+        X1 = np.hstack([X, np.ones((len(X), 1))])
+
+        def solve(rows, lam):
+            return np.linalg.solve(X1[rows].T @ X1[rows] + lam * np.eye(X1.shape[1]), X1[rows].T @ Y[rows])
+        inner = np.array([r[0] in set(images[::4]) for r in rows])  # every other fitting image
+        a, b = fit & inner, fit & ~inner
+        lam = min((10.0 ** k for k in range(-1, 5)), key=lambda lam: ((X1[b] @ solve(a, lam) - Y[b]) ** 2).sum())
+        return X1[~fit] @ solve(fit, lam)
+
+    def r2(pred, Y):
+        return float(1 - ((pred - Y[~fit]) ** 2).sum() / ((Y[~fit] - Y[~fit].mean(0)) ** 2).sum())
+
+    relation_from = {}
+    for name, X in (("h", H), ("h+context", np.hstack([H, Z * 10]))):
+        relation_from[name] = float(((ridge(X, y * 2 - 1) > 0) == (y[~fit] > 0.5)).mean())
+    return {"claims": len(rows), "subject_from_h_R2": r2(ridge(H, S), S),
+            "other_from_context_R2": r2(ridge(Z, Ot), Ot),  # the same regression where the answer is in its input
+            "context_x_vs_other_x": float(np.corrcoef(Z[:, 0], Ot[:, 0])[0, 1]),
+            "context_y_vs_other_y": float(np.corrcoef(Z[:, 1], Ot[:, 1])[0, 1]),
+            "relation_from_h": relation_from["h"], "relation_from_h_and_context": relation_from["h+context"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="+", default=[str(ROOT / "checkpoints" / "shapes_demo.pt")])
     p.add_argument("--split", default="test")
     p.add_argument("--shapes-dir", default=str(ROOT / "data" / "shapes"))
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
+    p.add_argument("--linear", action="store_true",
+                   help="also fit linear read-outs of the subject's place and the relation")
     args = p.parse_args(argv)
     import statistics
 
@@ -125,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| checkpoint | form | claims | prefers the true word | P(true) / (P(true) + P(opposite)) "
           "| α on the subject's box | α on the other objects' boxes |")
     print("|---|---|---|---|---|---|---|")
+    linear = []
     for ck in args.checkpoint:
         model = Captioner.from_checkpoint(ck)
         cache = split_features(model, records, args.cache_dir, source.name, args.split, progress=False)
@@ -139,6 +223,12 @@ def main(argv: list[str] | None = None) -> None:
 
             print(f"| {Path(ck).parent.name}/{Path(ck).name} | {form} | {len(st['knows'])} | {mean('knows')} "
                   f"| {mean('p_right')} | {mean('alpha_subject')} | {mean('alpha_others')} |")
+        if args.linear:
+            lin = linear_readout(model, records, cache, source.objects[args.split], source.image_sizes[args.split])
+            linear.append((f"{Path(ck).parent.name}/{Path(ck).name}", lin))
+    for name, lin in linear:
+        print(f"\nlinear read-outs, {name} (multi-object scenes; fitted on half the images, scored on the other):")
+        print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in lin.items()))
 
 
 if __name__ == "__main__":
