@@ -30,13 +30,11 @@ from captioner.training import DECODER_OPTIONS, ENCODER_OPTIONS, TrainConfig
 from cli import add_data_args, add_options, data_source_rank0_first, setup_logging
 
 PRESETS = {
-    # The bundled demo model: 14 cross-entropy epochs with the attention supervised by the world's boxes (README,
-    # "What was tried": grounding 0.56 -> 0.73, fewer phantom objects), then one self-critical epoch in
-    # runs/shapes/scst (the README's ablation table: it halves hallucination); under 30 minutes on a 2-core CPU,
-    # world generation and features included. --then-scst 0 stops after the cross-entropy run.
+    # The bundled demo model: 14 cross-entropy epochs, then one self-critical epoch in runs/shapes/scst (the
+    # README's ablation table: it halves hallucination); under 30 minutes on a 2-core CPU, world generation and
+    # features included. --then-scst 0 stops after the cross-entropy run.
     "shapes": {"data": "shapes", "out": "runs/shapes", "epochs": 14, "batch_size": 64, "lr": 2e-3,
-               "attention_dim": 128, "dropout": 0.1, "patience": 0, "coords": True, "att_supervision": 1.0,
-               "then_scst": 1},
+               "attention_dim": 128, "dropout": 0.1, "patience": 0, "coords": True, "then_scst": 1},
 }
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     defaults = {}
     stated = args.then_scst is not None  # said on the command line or in --config, not by the preset
-    sup_stated = args.att_supervision is not None
     if args.preset:
         defaults.update(PRESETS[args.preset])
     if args.config:
@@ -91,14 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{args.config}: unknown keys {sorted(unknown)}")
         defaults.update(loaded)
         stated = stated or "then_scst" in loaded
-        sup_stated = sup_stated or "att_supervision" in loaded
     for k, v in defaults.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     if args.scst and not stated:
         args.then_scst = 0  # a self-critical run on the preset's options: the preset's own stage is this run
-    if args.scst and not sup_stated:
-        args.att_supervision = 0.0  # the preset's supervision is a term of its cross-entropy stage
     if args.then_scst is not None and args.then_scst < 0:
         parser.error(f"--then-scst must be 0 or more epochs, not {args.then_scst}")
     try:  # refuse a bad option value now, before any data is read

@@ -90,7 +90,6 @@ class Ablations:
         a = self.a
         return ["--preset", "shapes", "--seed", str(seed), "--device", a.device, "--resume", "auto", "--no-progress",
                 "--then-scst", "0",  # the preset's own self-critical epoch: the staged variants do theirs
-                "--att-supervision", "0",  # the paper's attention, unsupervised (the preset supervises it)
                 "--cache-dir", a.cache_dir, *(["--shapes-dir", a.shapes_dir] if a.shapes_dir else []),
                 *a.train_args.split()]
 

@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(args.out) / f"{name}-s{seed}"
             if not args.report_only and not (out / "summary.json").is_file():
                 train.main(["--preset", "shapes", "--out", str(out), "--epochs", str(args.epochs), "--seed", str(seed),
-                            "--resume", "auto", "--no-progress", "--then-scst", "0", "--att-supervision", "0",
-                            *OBJECTIVES[name]])
+                            "--resume", "auto", "--no-progress", "--then-scst", "0", *OBJECTIVES[name]])
             if (out / "summary.json").is_file():
                 hist = json.loads((out / "history.json").read_text())
                 rows[(name, seed)] = hist[-1]

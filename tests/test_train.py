@@ -274,13 +274,9 @@ def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one(tmp_
     self-critical run started on the preset's options is that stage itself, and --then-scst 0 stops early.
     Asking for a stage after a self-critical run is still refused."""
     assert train.parse_args(["--preset", "shapes"]).then_scst == 1
-    assert train.parse_args(["--preset", "shapes"]).att_supervision == 1  # its cross-entropy stage's supervision
     assert train.parse_args(["--preset", "shapes", "--then-scst", "0"]).then_scst == 0
     args = train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"])
     assert args.then_scst == 0 and train.train_config(args).scst
-    assert args.att_supervision == 0  # nor does it supervise attention (a cross-entropy term), unless asked
-    with pytest.raises(SystemExit):
-        train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt", "--att-supervision", "1"])
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "shapes", "--scst", "true", "--then-scst", "1"])
     cfg = tmp_path / "c.yaml"
