@@ -526,8 +526,8 @@ def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> 
     The supervision `train.py --att-supervision` gives the attention (shapes world only):
     - each colour and shape word of a noun phrase that names exactly one object looks at it;
     - the word that decides a stated relation looks at the *other* argument: in "A is to the left
-      of B" the word "left" looks at B, which is not yet named (the LSTM holds A, the context then
-      holds B: comparing them is a read-out, not a memory); in "B with A to its left" and "and C
+      of B" the word "left" looks at B, which is not yet named (so that the context then holds B's
+      place, to compare with A's, seen a few words before); in "B with A to its left" and "and C
       above it" at the referent of "its"/"it"; in "A on the left and B on the right" each place
       word at the object(s) it is ordered against.
     Statements whose arguments match several objects, or none, give no target.
