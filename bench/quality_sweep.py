@@ -46,6 +46,9 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     # Attention supervised with the world's boxes: an object's words look at it, a relation's deciding word at
     # the other object (bench/relation_probe.py: at that word the models looked at neither).
     "attsup": ["--coords", "true", "--att-supervision", "1"],
+    # ... with self-attention over the grid: the other object's cell, where the relation word now looks, can then
+    # carry where the subject lies relative to it (relation_probe --linear: the LSTM does not keep that place).
+    "attsup+refine": ["--coords", "true", "--att-supervision", "1", "--refine", "1"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")
