@@ -56,12 +56,24 @@ def claim_form(toks: list[str], i: int) -> str | None:
     return None  # the ordering form's "on the left" / "at the top" (see above), or no claim
 
 
+def teacher_batch(chunk: list, vocab, cache):
+    """(features (B, N, C) float32, tokens (B, T) padded) of (image id, token list) pairs: the batch
+    collate_captions makes in training."""
+    import numpy as np
+    import torch
+
+    from captioner.features import collate_captions
+
+    return collate_captions([(torch.from_numpy(np.array(cache.features(i))),
+                              torch.tensor(vocab.encode(t), dtype=torch.long)) for i, t in chunk])
+
+
 def probe(model, records, cache, objects, image_sizes, batch_size: int = 100) -> dict:
     import numpy as np
     import torch
 
     from captioner.scene_metrics import _matches, box_coverage_grid, noun_phrases
-    from captioner.text import PAD_ID, tokenize
+    from captioner.text import tokenize
 
     vocab, dec = model.vocab, model.decoder
     grid = tuple(dec.cfg.grid)
@@ -74,12 +86,7 @@ def probe(model, records, cache, objects, image_sizes, batch_size: int = 100) ->
     with torch.no_grad():
         for s in range(0, len(items), batch_size):
             chunk = items[s:s + batch_size]
-            ids = [vocab.encode(t) for _, t in chunk]
-            T = max(map(len, ids))
-            tokens = torch.full((len(ids), T), PAD_ID, dtype=torch.long)
-            for k, row in enumerate(ids):
-                tokens[k, :len(row)] = torch.tensor(row)
-            feats = torch.from_numpy(np.stack([cache.features(i) for i, _ in chunk]).astype(np.float32))
+            feats, tokens = teacher_batch(chunk, vocab, cache)
             logits, alphas = dec(feats, tokens)  # (B, T-1, V): logits[:, t] predicts tokens[:, t + 1]
             logp = logits.log_softmax(-1)
             for k, (iid, toks) in enumerate(chunk):
@@ -120,7 +127,7 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
     from captioner.decoder import cell_coords
     from captioner.scene_metrics import _matches, relation_statements
     from captioner.shapes import IMAGE_SIZE, _centre
-    from captioner.text import PAD_ID, tokenize
+    from captioner.text import tokenize
 
     vocab, dec = model.vocab, model.decoder
     items = [(r.image_id, tokenize(c)) for r in records if len(objects.get(r.image_id, [])) >= 2
@@ -130,11 +137,7 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
     with torch.no_grad():
         for s in range(0, len(items), batch_size):
             chunk = items[s:s + batch_size]
-            ids = [vocab.encode(t) for _, t in chunk]
-            tokens = torch.full((len(ids), max(map(len, ids))), PAD_ID, dtype=torch.long)
-            for k, row in enumerate(ids):
-                tokens[k, :len(row)] = torch.tensor(row)
-            feats = torch.from_numpy(np.stack([cache.features(i) for i, _ in chunk]).astype(np.float32))
+            feats, tokens = teacher_batch(chunk, vocab, cache)
             fx, proj = dec.prepare(feats)
             xy = cell_coords(dec.cfg.grid, fx)[0]  # (N, 2)
             h, c = dec.init_state(fx)
@@ -145,9 +148,9 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
                 ctx.append(alpha @ xy)
             for k, (iid, toks) in enumerate(chunk):
                 objs = objects[iid]
+                words = [i for i, w in enumerate(toks) if w in ("left", "right", "above", "below")]
                 for st in relation_statements(toks):
                     a, b = _matches(st.subject, objs), _matches(st.object, objs)
-                    words = [i for i, w in enumerate(toks) if w in ("left", "right", "above", "below")]
                     if st.form == "positional" or len(a) != 1 or len(b) != 1 or a == b or len(words) != 1:
                         continue  # one claim per caption: its word is unambiguous
                     i = words[0]
@@ -157,7 +160,9 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
     if len(rows) < 20:
         return {"claims": len(rows)}
     images = sorted({r[0] for r in rows})
-    fit = np.array([r[0] in set(images[::2]) for r in rows])
+    halves, quarters = set(images[::2]), set(images[::4])
+    fit = np.array([r[0] in halves for r in rows])
+    inner = np.array([r[0] in quarters for r in rows])  # every other fitting image
     H, Z = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
     S, Ot, y = np.stack([r[3] for r in rows]), np.stack([r[4] for r in rows]), np.array([r[5] for r in rows])
 
@@ -168,7 +173,6 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
 
         def solve(rows, lam):
             return np.linalg.solve(X1[rows].T @ X1[rows] + lam * np.eye(X1.shape[1]), X1[rows].T @ Y[rows])
-        inner = np.array([r[0] in set(images[::4]) for r in rows])  # every other fitting image
         a, b = fit & inner, fit & ~inner
         lam = min((10.0 ** k for k in range(-1, 5)), key=lambda lam: ((X1[b] @ solve(a, lam) - Y[b]) ** 2).sum())
         return X1[~fit] @ solve(fit, lam)

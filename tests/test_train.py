@@ -298,16 +298,15 @@ def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path
 
     from captioner.features import CaptionFeatureDataset, FeatureCache
     from captioner.model import Captioner
-    from captioner.scene_metrics import _DECIDING, COLOURS, SHAPES, attention_target_masks
+    from captioner.scene_metrics import _DECIDING, COLOURS, SHAPES
     from captioner.sources import shapes_source
     from captioner.text import tokenize
+    from captioner.training import TrainConfig, _attention_targets
     model = Captioner.from_model_state(load_checkpoint(tmp_path / "5" / "best.pt")["model"])
     source = shapes_source(world, generate=False)
     records = source.split("train")
     tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
-    targets = {r.image_id: [attention_target_masks(t, source.objects["train"][r.image_id],
-                                                   source.image_sizes["train"][r.image_id], model.grid)
-                            for t in tokens[r.image_id]] for r in records}
+    targets = _attention_targets(TrainConfig(att_supervision=1.0), source, model, records, tokens)  # what training uses
     cache = FeatureCache(next((tmp_path / "cache").glob("*/train-*")))
     ds = CaptionFeatureDataset(cache, records, model.vocab, per_image="all", tokens=tokens, attention_targets=targets)
     words = set()
