@@ -49,6 +49,10 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     # ... with self-attention over the grid: the other object's cell, where the relation word now looks, can then
     # carry where the subject lies relative to it (relation_probe --linear: the LSTM does not keep that place).
     "attsup+refine": ["--coords", "true", "--att-supervision", "1", "--refine", "1"],
+    # ... with a memory of where it looked (--recall): a relation word, looking at the other object, can read back
+    # the context of the step that named the subject (relation_probe --linear: the LSTM state has lost it).
+    "recall": ["--coords", "true", "--recall", "true"],
+    "attsup+recall": ["--coords", "true", "--att-supervision", "1", "--recall", "true"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")

@@ -140,11 +140,11 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
             feats, tokens = teacher_batch(chunk, vocab, cache)
             fx, proj = dec.prepare(feats)
             xy = cell_coords(dec.cfg.grid, fx)[0]  # (N, 2)
-            h, c = dec.init_state(fx)
+            state = dec.init_state(fx)
             hs, ctx = [], []
             for t in range(tokens.shape[1] - 1):
-                hs.append(h)
-                _, h, c, alpha = dec.step(tokens[:, t], h, c, fx, proj)
+                hs.append(state[0])  # h_{t-1}
+                _, state, alpha = dec.step(tokens[:, t], state, fx, proj)
                 ctx.append(alpha @ xy)
             for k, (iid, toks) in enumerate(chunk):
                 objs = objects[iid]

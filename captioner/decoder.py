@@ -49,6 +49,11 @@ class DecoderConfig:
     # position embedding and before the decoder attends (0, the paper): each cell can then carry what lies
     # around it and where ("a blue square to my right"), which a relation between two objects needs.
     refine: int = 0
+    # A memory of where the decoder has looked (not in the paper): every step writes one entry, a key and a value
+    # made of the word it read and the context it attended when it wrote that word, and the next steps read it back
+    # with an attention of their own (query: h_{t-1}). The LSTM and the deep output then see a recalled context
+    # r_t beside z_t: "left" can compare the place of the object it looks at with that of the one it named before.
+    recall: bool = False
     attention: str = "soft"  # "soft" (section 4.2), "hard" (section 4.1: sampled locations in training), "none"
 
     def __post_init__(self) -> None:
@@ -67,6 +72,7 @@ class DecoderConfig:
 
 ATTENTIONS = ("soft", "hard", "none")
 LAYOUT_DIM = 32  # channels of each pooled cell that the initial state reads (DecoderConfig.layout)
+RECALL_DIM = 64  # size of the recall memory's keys and values (DecoderConfig.recall)
 
 
 class SoftAttention(nn.Module):
@@ -123,7 +129,13 @@ class Decoder(nn.Module):
         self.init_c = nn.Linear(init_in, n)
         if cfg.gate != "none":
             self.f_beta = nn.Linear(n, 1 if cfg.gate == "scalar" else D)
-        self.lstm = nn.LSTMCell(m + D, n)
+        R = RECALL_DIM if cfg.recall else 0
+        if cfg.recall:
+            self.recall_key = nn.Linear(m + D, R)  # from (E y_s, context read for y_s)
+            self.recall_value = nn.Linear(m + D, R)
+            self.recall_query = nn.Linear(n, R, bias=False)  # from h_{t-1}
+            self.L_r = nn.Linear(R, m, bias=False)
+        self.lstm = nn.LSTMCell(m + D + R, n)
         self.dropout = nn.Dropout(cfg.dropout)
         # Deep output: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))  (eq. 7); one bias (L_h's) inside.
         self.L_h = nn.Linear(n, m)
@@ -156,7 +168,11 @@ class Decoder(nn.Module):
             return feats, feats[:, :, :0]  # (B, N, 0): nothing to project
         return feats, self.attention.feat_proj(feats)
 
-    def init_state(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def init_state(self, feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The decoder's state before the first word, from prepared feats (B, N, D): a tuple of tensors whose
+        first dimension is the batch (search reorders and repeats each of them alike). (h_0, c_0), each
+        (B, n); with recall also the memory's keys and values, (B, 0, R) each, and the context read for the
+        previous word, (B, D) (zeros before <start>)."""
         x = feats[:, :, : self.cfg.feature_dim]  # (B, N, C): the coordinates' mean says nothing
         summary = x.mean(dim=1)  # (B, C)
         if self.cfg.layout:
@@ -164,11 +180,15 @@ class Decoder(nn.Module):
             cells = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(x.shape[0], -1, h, w), g)  # (B, C, g, g)
             cells = self.layout_proj(cells.flatten(2).transpose(1, 2))  # (B, g*g, LAYOUT_DIM)
             summary = torch.cat([summary, cells.flatten(1)], dim=1)  # (B, C + g*g*LAYOUT_DIM)
-        return torch.tanh(self.init_h(summary)), torch.tanh(self.init_c(summary))
+        h0, c0 = torch.tanh(self.init_h(summary)), torch.tanh(self.init_c(summary))
+        if not self.cfg.recall:
+            return h0, c0
+        empty = feats.new_zeros(feats.shape[0], 0, RECALL_DIM)
+        return h0, c0, empty, empty, feats.new_zeros(feats.shape[0], feats.shape[2])
 
-    def step(self, prev_tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
-             feats: torch.Tensor, feat_proj: torch.Tensor):
-        """One word. prev_tokens (B,) -> logits (B, V), h, c (B, n), alpha (B, N).
+    def step(self, prev_tokens: torch.Tensor, state: tuple[torch.Tensor, ...], feats: torch.Tensor,
+             feat_proj: torch.Tensor):
+        """One word. prev_tokens (B,), state (see init_state) -> logits (B, V), the next state, alpha (B, N).
 
         The context is the expectation under alpha_t for every attention kind. For hard attention
         this is the test-time rule this project uses: training has seen it (the expectation
@@ -176,14 +196,15 @@ class Decoder(nn.Module):
         authors' arctic-captions keeps sampling at test time (its sampler draws a location with
         probability 0.5 per step), so repeated runs there give different captions.
         """
-        logits, h, c, alpha, _ = self.draw_step(prev_tokens, h, c, feats, feat_proj)
-        return logits, h, c, alpha
+        logits, state, alpha, _ = self.draw_step(prev_tokens, state, feats, feat_proj)
+        return logits, state, alpha
 
-    def draw_step(self, prev_tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor, feats: torch.Tensor,
+    def draw_step(self, prev_tokens: torch.Tensor, state: tuple[torch.Tensor, ...], feats: torch.Tensor,
                   feat_proj: torch.Tensor, u: torch.Tensor | None = None, sampled: torch.Tensor | None = None):
         """`step` with hard attention's draw: u (B,) uniforms choose s_t ~ alpha_t (inverse CDF) for the rows
-        where `sampled` (B,) is true; the other rows read the expectation. Also returns the locations
-        (B,) long, -1 where the expectation was read (or without u)."""
+        where `sampled` (B,) is true; the other rows read the expectation. Returns logits, state, alpha and
+        the locations (B,) long, -1 where the expectation was read (or without u)."""
+        h, c = state[0], state[1]
         emb = self.embed(prev_tokens)  # (B, m)
         if self.cfg.attention == "none":
             alpha = feats.new_full(feats.shape[:2], 1.0 / feats.shape[1])  # (B, N): uniform, no parameters
@@ -195,12 +216,27 @@ class Decoder(nn.Module):
             loc = torch.where(sampled, categorical(alpha.detach(), u), loc)  # (B,)
             picked = feats[torch.arange(feats.shape[0], device=feats.device), loc.clamp(min=0)]  # (B, D): a_{s_t}
             context = torch.where(sampled.unsqueeze(1), picked, context)
+        read = context  # what this word's step read, before the gate: the recall memory keeps it
         if self.cfg.gate != "none":
             context = torch.sigmoid(self.f_beta(h)) * context  # z_t = beta * context
-        h, c = self.lstm(torch.cat([emb, context], dim=1), (h, c))
+        inputs = [emb, context]
+        if self.cfg.recall:
+            keys, values, prev_read = state[2], state[3], state[4]
+            entry = torch.cat([emb, prev_read], dim=1)  # (B, m + D): the previous word and where it looked
+            keys = torch.cat([keys, self.recall_key(entry).unsqueeze(1)], dim=1)  # (B, t + 1, R)
+            values = torch.cat([values, self.recall_value(entry).unsqueeze(1)], dim=1)
+            q = self.recall_query(h).unsqueeze(2)  # (B, R, 1)
+            w = (torch.bmm(keys, q).squeeze(2) / RECALL_DIM ** 0.5).softmax(dim=1)  # (B, t + 1)
+            recalled = torch.bmm(w.unsqueeze(1), values).squeeze(1)  # (B, R)
+            inputs.append(recalled)
+        h, c = self.lstm(torch.cat(inputs, dim=1), (h, c))
         # tanh on the sum as in the authors' reference code (arctic-captions); dropout on h_t and on the sum.
-        logits = self.L_o(self.dropout(torch.tanh(emb + self.L_h(self.dropout(h)) + self.L_z(context))))
-        return logits, h, c, alpha, loc
+        pre = emb + self.L_h(self.dropout(h)) + self.L_z(context)  # this order: the same floats as before recall
+        if self.cfg.recall:
+            pre = pre + self.L_r(recalled)
+        logits = self.L_o(self.dropout(torch.tanh(pre)))
+        state = (h, c, keys, values, read) if self.cfg.recall else (h, c)
+        return logits, state, alpha, loc
 
     def compile_step(self, **kwargs) -> None:
         """torch.compile the one-word step that teacher forcing repeats (fixed shapes within a batch).
@@ -222,14 +258,14 @@ class Decoder(nn.Module):
         sorted and outputs stay in the caller's order.
         """
         feats, proj = self.prepare(feats)
-        h, c = self.init_state(feats)
+        state = self.init_state(feats)
         step = self.__dict__.get("_compiled_step", self.step)
         logits, alphas, locs = [], [], []
         for t in range(tokens.shape[1] - 1):
             if draws is None:
-                lt, h, c, at = step(tokens[:, t], h, c, feats, proj)
+                lt, state, at = step(tokens[:, t], state, feats, proj)
             else:
-                lt, h, c, at, st = self.draw_step(tokens[:, t], h, c, feats, proj, draws[0][:, t], draws[1])
+                lt, state, at, st = self.draw_step(tokens[:, t], state, feats, proj, draws[0][:, t], draws[1])
                 locs.append(st)
             logits.append(lt)
             alphas.append(at)

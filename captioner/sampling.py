@@ -69,7 +69,7 @@ class SampledCaptions(nn.Module):
         dec = self.decoder
         B = feats.shape[0]
         feats, proj = dec.prepare(feats)
-        h, c = dec.init_state(feats)
+        state = dec.init_state(feats)
         prev = torch.full((B,), START_ID, dtype=torch.long, device=feats.device)
         done = torch.zeros(B, dtype=torch.bool, device=feats.device)
         blocked = torch.zeros(dec.cfg.vocab_size, dtype=torch.bool, device=feats.device)
@@ -77,7 +77,7 @@ class SampledCaptions(nn.Module):
         tokens, logps, loc_logps, alphas = [], [], [], []
         for t in range(u_words.shape[1]):
             u_loc, sampled = (None, None) if loc_draws is None else (loc_draws[0][:, t], loc_draws[1])
-            logits, h, c, alpha, loc = dec.draw_step(prev, h, c, feats, proj, u_loc, sampled)
+            logits, state, alpha, loc = dec.draw_step(prev, state, feats, proj, u_loc, sampled)
             logp = logits.float().masked_fill(blocked, float("-inf")).log_softmax(-1)  # (B, V)
             word = categorical(logp.detach().exp(), u_words[:, t])  # (B,)
             live = ~done

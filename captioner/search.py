@@ -52,12 +52,12 @@ def greedy_search(decoder: Decoder, feats: torch.Tensor, max_len: int = DEFAULT_
     """Argmax decoding for a batch. feats (B, N, C)."""
     B = feats.shape[0]
     feats, proj = decoder.prepare(feats)
-    h, c = decoder.init_state(feats)
+    state = decoder.init_state(feats)
     tokens = feats.new_full((B,), START_ID, dtype=torch.long)
     out_tokens, out_logp, out_alpha = [], [], []
     done = torch.zeros(B, dtype=torch.bool, device=feats.device)
     for _ in range(max_len):  # at most max_len tokens, <end> included
-        logits, h, c, alpha = decoder.step(tokens, h, c, feats, proj)
+        logits, state, alpha = decoder.step(tokens, state, feats, proj)
         logp, tokens = _word_logp(logits).max(-1)  # (B,), (B,)
         out_tokens.append(tokens)
         out_logp.append(logp)
@@ -100,9 +100,10 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3,
     V = decoder.cfg.vocab_size
     dev = feats.device
     feats, proj = decoder.prepare(feats)
-    h, c = decoder.init_state(feats)
+    state = decoder.init_state(feats)  # a tuple of (B, ...) tensors
     # (B, ...) -> (B*K, ...): beam k of live image j sits at row j*K + k.
-    feats, proj, h, c = (x.repeat_interleave(K, dim=0) for x in (feats, proj, h, c))
+    feats, proj = feats.repeat_interleave(K, dim=0), proj.repeat_interleave(K, dim=0)
+    state = tuple(x.repeat_interleave(K, dim=0) for x in state)
     tokens = torch.full((B * K,), START_ID, dtype=torch.long, device=dev)
     cum = torch.zeros(B, K, device=dev)
     cum[:, 1:] = float("-inf")  # all beams start identical: keep only one alive at step 0
@@ -115,7 +116,7 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3,
     for t in range(max_len):  # at most max_len tokens, <end> included
         Ba = alive.numel()
         ar = torch.arange(Ba, device=dev)[:, None]
-        logits, h, c, alpha = decoder.step(tokens, h, c, feats, proj)
+        logits, state, alpha = decoder.step(tokens, state, feats, proj)
         cand = (cum[..., None] + _word_logp(logits).view(Ba, K, V)).view(Ba, K * V)
         norm = cand / (t + 1)  # every live beam has t words so far; this candidate is token t + 1
         # Finished: candidates ending in <end> among the top K of all candidates.
@@ -134,7 +135,7 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3,
         seqs = torch.cat([seqs[ar, beam], tok.unsqueeze(2)], dim=2)
         hist = torch.cat([hist[ar, beam], alpha.float().view(Ba, K, N)[ar, beam].unsqueeze(2)], dim=2)
         rows = (ar * K + beam).view(-1)
-        h, c = h[rows], c[rows]
+        state = tuple(x[rows] for x in state)
         tokens = tok.view(-1)
         done = torch.tensor([len(pool[b]) >= K for b in alive.tolist()], device=dev)
         if t == max_len - 1:  # cut: the live beams of unfinished images join their results, unfinished
@@ -149,7 +150,8 @@ def beam_search(decoder: Decoder, feats: torch.Tensor, beam_size: int = 3,
                 break
             # Drop the finished images' rows: later steps run only for captions still being written.
             rows = (keep[:, None] * K + torch.arange(K, device=dev)).view(-1)
-            feats, proj, h, c, tokens = feats[rows], proj[rows], h[rows], c[rows], tokens[rows]
+            feats, proj, tokens = feats[rows], proj[rows], tokens[rows]
+            state = tuple(x[rows] for x in state)
             cum, seqs, hist = cum[keep], seqs[keep], hist[keep]
             alive = alive[keep]
 

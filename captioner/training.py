@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_OPTIONS = ("backbone", "encoder_weights", "image_size", "stages", "grid_size")  # what encoder_config() reads
 DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm",
-                   "coords", "layout", "refine", "attention")
+                   "coords", "layout", "refine", "recall", "attention")
 
 
 @dataclass
@@ -103,6 +103,9 @@ class TrainConfig:
                             "are")
     refine: int = option(0, "self-attention layers over the annotation vectors before the decoder attends (0: "
                             "none, as the paper), so that each cell carries what lies around it and where")
+    recall: bool = option(False, "a memory of where the decoder looked: each word's step writes (the word, the "
+                                 "context it read) and later steps attend over those entries, so a relation word can "
+                                 "compare where it looks with where an object it named lay (true/false)")
     attention: str = option("soft", "soft (the expectation, section 4.2), hard (a sampled location per word in "
                                     "training, section 4.1; the expectation at test time), none (the mean annotation "
                                     "vector every step: no attention)")

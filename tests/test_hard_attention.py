@@ -65,13 +65,13 @@ def test_draw_step_reads_the_sampled_location_or_the_expectation():
     h, c = dec.init_state(f)
     u = torch.rand(B, generator=torch.Generator().manual_seed(3))
     sampled = torch.tensor([True, False, True, True, False])
-    _, _, _, alpha, loc = dec.draw_step(tokens[:, 0], h, c, f, proj, u, sampled)
+    _, _, alpha, loc = dec.draw_step(tokens[:, 0], (h, c), f, proj, u, sampled)
     assert loc.tolist()[1] == -1 and loc.tolist()[4] == -1
     assert all(0 <= x < N for x, s in zip(loc.tolist(), sampled.tolist()) if s)
     assert torch.equal(loc[sampled], categorical(alpha[sampled], u[sampled]))
     # the expectation rows give exactly the soft step's outputs; the sampled rows do not
-    soft_logits, *_ = dec.step(tokens[:, 0], h, c, f, proj)
-    hard_logits, *_ = dec.draw_step(tokens[:, 0], h, c, f, proj, u, sampled)
+    soft_logits, *_ = dec.step(tokens[:, 0], (h, c), f, proj)
+    hard_logits, *_ = dec.draw_step(tokens[:, 0], (h, c), f, proj, u, sampled)
     assert torch.allclose(hard_logits[~sampled], soft_logits[~sampled])
     assert not torch.allclose(hard_logits[sampled], soft_logits[sampled])
 
@@ -179,7 +179,7 @@ def test_no_attention_reads_the_mean_annotation_vector_and_has_no_attention_weig
     f, proj = dec.prepare(feats)
     h, c = dec.init_state(f)
     dec.cfg.gate = "none"  # compare contexts without the gate's scaling
-    ctx_logits, *_ = dec.step(tokens[:, 0], h, c, f, proj)
+    ctx_logits, *_ = dec.step(tokens[:, 0], (h, c), f, proj)
     emb = dec.embed(tokens[:, 0])
     h2, _ = dec.lstm(torch.cat([emb, f.mean(dim=1)], dim=1), (h, c))
     expect = dec.L_o(torch.tanh(emb + dec.L_h(h2) + dec.L_z(f.mean(dim=1))))

@@ -104,8 +104,8 @@ def test_gate_is_a_scalar_sigmoid_of_h():
     h = torch.zeros(1, 20)
     c = torch.zeros(1, 20)
     tok = torch.tensor([START_ID])
-    out1 = dec.step(tok, h, c, *f1)[0]
-    out2 = dec.step(tok, h, c, *f2)[0]
+    out1 = dec.step(tok, (h, c), *f1)[0]
+    out2 = dec.step(tok, (h, c), *f2)[0]
     assert torch.allclose(out1, out2, atol=1e-6)
 
 
@@ -124,8 +124,12 @@ def test_regulariser_values():
         attention_regularizer(alphas, mask, "max")
 
 
-def test_beam_one_equals_greedy():
-    dec = make_decoder()
+RECALL = {"recall": True, "coords": True}  # the decoder whose state also holds a growing memory
+
+
+@pytest.mark.parametrize("kw", [{}, RECALL], ids=["plain", "recall"])
+def test_beam_one_equals_greedy(kw):
+    dec = make_decoder(**kw)
     f = feats(6)
     g = greedy_search(dec, f, max_len=12)
     b = beam_search(dec, f, beam_size=1, max_len=12)
@@ -135,9 +139,10 @@ def test_beam_one_equals_greedy():
         assert torch.allclose(x.best.alphas, y.best.alphas, atol=1e-6)
 
 
+@pytest.mark.parametrize("kw", [{}, RECALL], ids=["plain", "recall"])
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_batch_equals_one_at_a_time(k):
-    dec = make_decoder()
+def test_batch_equals_one_at_a_time(k, kw):
+    dec = make_decoder(**kw)
     f = feats(5)
     batched = search(dec, f, beam_size=k, max_len=12)
     for i in range(5):
@@ -163,12 +168,14 @@ def test_beam_results_are_consistent():
     assert all(w.best.score >= n.best.score - 1e-6 for w, n in zip(res, narrow))
 
 
-def test_score_is_length_normalised_log_prob():
-    dec = make_decoder()
+@pytest.mark.parametrize("kw", [{}, RECALL], ids=["plain", "recall"])
+def test_score_is_length_normalised_log_prob(kw):
+    """Recompute every beam's log-probability by teacher forcing: the state search carried (with recall, the
+    memory too) was reordered with its beam at every step."""
+    dec = make_decoder(**kw)
     f = feats(2)
-    # Recompute the best hypothesis's log-probability by teacher forcing.
-    for i, r in enumerate(search(dec, f, beam_size=3, max_len=12)):
-        hyp = r.best
+    results = search(dec, f, beam_size=3, max_len=12)
+    for i, hyp in ((i, hyp) for i, r in enumerate(results) for hyp in r.beams):
         seq = torch.tensor([[START_ID] + hyp.tokens + ([END_ID] if hyp.finished else [])])
         logits, _ = dec(f[i: i + 1], seq)  # predicts seq[1:]
         logp = logits.log_softmax(-1)[0]
@@ -224,7 +231,8 @@ class ScriptedDecoder:
     def init_state(self, feats):  # h carries the words so far: (B, 1 + max_len), h[:, 0] = length
         return feats.new_zeros(feats.shape[0], 1 + self.max_len), feats.new_zeros(feats.shape[0], 1)
 
-    def step(self, tokens, h, c, feats, proj):
+    def step(self, tokens, state, feats, proj):
+        h, c = state
         h = h.clone()
         V = self.cfg.vocab_size
         logits = torch.empty(len(tokens), V)
@@ -240,7 +248,7 @@ class ScriptedDecoder:
             for w, q in row.items():
                 p[w] = q
             logits[i] = p.log()
-        return logits, h, c, torch.ones(len(tokens), 1)
+        return logits, (h, c), torch.ones(len(tokens), 1)
 
 
 A, B_, C_, D_ = 4, 5, 6, 7
@@ -438,3 +446,31 @@ def test_refine_lets_each_cell_know_what_lies_elsewhere():
         make_decoder(refine=-1)
     with pytest.raises(ValueError, match="pos_embed"):
         make_decoder(refine=1, pos_embed=False)
+
+
+def test_recall_reads_back_where_an_earlier_word_looked():
+    """With recall the state also holds one memory entry per word read (its embedding and the context its step
+    read); a later step's output depends on those entries, not only on (h, c): the same h, c with the memory of
+    another image's earlier steps give other logits. recall=False (what older checkpoints load as) adds nothing."""
+    assert make_decoder(recall=False).state_dict().keys() == make_decoder().state_dict().keys()
+    dec = make_decoder(**RECALL)
+    f, proj = dec.prepare(feats(2))
+    tokens = torch.tensor([[START_ID, 5, 6, 7]] * 2)
+    with torch.no_grad():
+        state = dec.init_state(f)
+        assert [tuple(x.shape) for x in state] == [(2, 20), (2, 20), (2, 0, 64), (2, 0, 64), (2, C + 2)]
+        for t in range(3):
+            _, state, _ = dec.step(tokens[:, t], state, f, proj)
+        assert state[2].shape == (2, 3, 64) and state[3].shape == (2, 3, 64)  # <start>, 5, 6
+        assert torch.equal(state[4][:, -2:], (state[4][:, -2:]).clamp(-1, 1))  # the attended (x, y)
+        h, c = state[0][:1], state[1][:1]  # image 0's (h, c) ...
+        own = dec.step(tokens[:1, 3], (h, c, *(x[:1] for x in state[2:])), f[:1], proj[:1])[0]
+        other = dec.step(tokens[:1, 3], (h, c, *(x[1:] for x in state[2:])), f[:1], proj[:1])[0]
+    assert not torch.allclose(own, other, atol=1e-4)  # ... with image 1's memory: another word distribution
+    dec.train()
+    logits, alphas = dec(feats(3), torch.tensor([[START_ID, 5, 6, END_ID]] * 3))
+    assert logits.shape == (3, 3, V) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    for name in ("recall_key", "recall_value", "recall_query", "L_r"):
+        grad = getattr(dec, name).weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
