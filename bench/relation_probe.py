@@ -120,7 +120,8 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
     ridge regressions of the subject's centre from h_{t-1}, and a linear classifier of the true word from
     [h_{t-1}, context (x, y)]; report R^2 and accuracy on the other half, with the attended (x, y)'s
     correlation with the other object's centre (and, as a check of the machinery, the R^2 of that centre
-    regressed on the attended (x, y))."""
+    regressed on the attended (x, y)). With --recall, also the subject's centre from the vector the step
+    reads back from its memory, and the relation from [h_{t-1}, that vector, context (x, y)]."""
     import numpy as np
     import torch
 
@@ -132,7 +133,8 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
     vocab, dec = model.vocab, model.decoder
     items = [(r.image_id, tokenize(c)) for r in records if len(objects.get(r.image_id, [])) >= 2
              and r.image_id in cache.row_of for c in r.captions]
-    rows = []  # (image id, h_{t-1}, context xy, subject centre, other centre, word is left/above (1) or not (0))
+    rows = []  # (image id, h_{t-1}, context xy, subject centre, other centre, word is left/above (1) or not (0),
+    #           the recalled vector r_t (with --recall; else empty))
     model.eval()
     with torch.no_grad():
         for s in range(0, len(items), batch_size):
@@ -141,9 +143,13 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
             fx, proj = dec.prepare(feats)
             xy = cell_coords(dec.cfg.grid, fx)[0]  # (N, 2)
             state = dec.init_state(fx)
-            hs, ctx = [], []
+            hs, ctx, rec = [], [], []
             for t in range(tokens.shape[1] - 1):
                 hs.append(state[0])  # h_{t-1}
+                if dec.cfg.recall:  # what the step reads back from its memory
+                    rec.append(dec.recall(dec.embed(tokens[:, t]), state)[2])
+                else:
+                    rec.append(state[0][:, :0])
                 _, state, alpha = dec.step(tokens[:, t], state, fx, proj)
                 ctx.append(alpha @ xy)
             for k, (iid, toks) in enumerate(chunk):
@@ -156,7 +162,7 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
                     i = words[0]
                     centre = [np.array(_centre(objs[j])) / IMAGE_SIZE * 2 - 1 for j in (a[0], b[0])]
                     rows.append((iid, hs[i][k].numpy(), ctx[i][k].numpy(), centre[0], centre[1],
-                                 float(toks[i] in ("left", "above"))))
+                                 float(toks[i] in ("left", "above")), rec[i][k].numpy()))
     if len(rows) < 20:
         return {"claims": len(rows)}
     images = sorted({r[0] for r in rows})
@@ -180,14 +186,20 @@ def linear_readout(model, records, cache, objects, image_sizes, batch_size: int 
     def r2(pred, Y):
         return float(1 - ((pred - Y[~fit]) ** 2).sum() / ((Y[~fit] - Y[~fit].mean(0)) ** 2).sum())
 
+    Rc = np.stack([r[6] for r in rows])  # (claims, R), or (claims, 0) without recall
     relation_from = {}
     for name, X in (("h", H), ("h+context", np.hstack([H, Z * 10]))):
         relation_from[name] = float(((ridge(X, y * 2 - 1) > 0) == (y[~fit] > 0.5)).mean())
-    return {"claims": len(rows), "subject_from_h_R2": r2(ridge(H, S), S),
-            "other_from_context_R2": r2(ridge(Z, Ot), Ot),  # the same regression where the answer is in its input
-            "context_x_vs_other_x": float(np.corrcoef(Z[:, 0], Ot[:, 0])[0, 1]),
-            "context_y_vs_other_y": float(np.corrcoef(Z[:, 1], Ot[:, 1])[0, 1]),
-            "relation_from_h": relation_from["h"], "relation_from_h_and_context": relation_from["h+context"]}
+    out = {"claims": len(rows), "subject_from_h_R2": r2(ridge(H, S), S),
+           "other_from_context_R2": r2(ridge(Z, Ot), Ot),  # the same regression where the answer is in its input
+           "context_x_vs_other_x": float(np.corrcoef(Z[:, 0], Ot[:, 0])[0, 1]),
+           "context_y_vs_other_y": float(np.corrcoef(Z[:, 1], Ot[:, 1])[0, 1]),
+           "relation_from_h": relation_from["h"], "relation_from_h_and_context": relation_from["h+context"]}
+    if Rc.shape[1]:  # --recall: does what the step reads back hold the subject's place?
+        out["subject_from_recall_R2"] = r2(ridge(Rc, S), S)
+        out["relation_from_h_recall_context"] = float(
+            ((ridge(np.hstack([H, Rc, Z * 10]), y * 2 - 1) > 0) == (y[~fit] > 0.5)).mean())
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

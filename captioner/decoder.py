@@ -221,13 +221,7 @@ class Decoder(nn.Module):
             context = torch.sigmoid(self.f_beta(h)) * context  # z_t = beta * context
         inputs = [emb, context]
         if self.cfg.recall:
-            keys, values, prev_read = state[2], state[3], state[4]
-            entry = torch.cat([emb, prev_read], dim=1)  # (B, m + D): the previous word and where it looked
-            keys = torch.cat([keys, self.recall_key(entry).unsqueeze(1)], dim=1)  # (B, t + 1, R)
-            values = torch.cat([values, self.recall_value(entry).unsqueeze(1)], dim=1)
-            q = self.recall_query(h).unsqueeze(2)  # (B, R, 1)
-            w = (torch.bmm(keys, q).squeeze(2) / RECALL_DIM ** 0.5).softmax(dim=1)  # (B, t + 1)
-            recalled = torch.bmm(w.unsqueeze(1), values).squeeze(1)  # (B, R)
+            keys, values, recalled, _ = self.recall(emb, state)
             inputs.append(recalled)
         h, c = self.lstm(torch.cat(inputs, dim=1), (h, c))
         # tanh on the sum as in the authors' reference code (arctic-captions); dropout on h_t and on the sum.
@@ -237,6 +231,18 @@ class Decoder(nn.Module):
         logits = self.L_o(self.dropout(torch.tanh(pre)))
         state = (h, c, keys, values, read) if self.cfg.recall else (h, c)
         return logits, state, alpha, loc
+
+    def recall(self, emb: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """The recall memory's part of a step: write the entry of the word just read, emb (B, m), with the
+        context its own step read (state[4]), then read the memory with h_{t-1}'s query.
+        Returns keys, values (B, t + 1, R), the recalled vector (B, R) and its weights (B, t + 1)."""
+        h, keys, values, prev_read = state[0], state[2], state[3], state[4]
+        entry = torch.cat([emb, prev_read], dim=1)  # (B, m + D): the previous word and where it looked
+        keys = torch.cat([keys, self.recall_key(entry).unsqueeze(1)], dim=1)  # (B, t + 1, R)
+        values = torch.cat([values, self.recall_value(entry).unsqueeze(1)], dim=1)
+        q = self.recall_query(h).unsqueeze(2)  # (B, R, 1)
+        w = (torch.bmm(keys, q).squeeze(2) / RECALL_DIM ** 0.5).softmax(dim=1)  # (B, t + 1)
+        return keys, values, torch.bmm(w.unsqueeze(1), values).squeeze(1), w
 
     def compile_step(self, **kwargs) -> None:
         """torch.compile the one-word step that teacher forcing repeats (fixed shapes within a batch).

@@ -5,6 +5,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,19 +72,23 @@ def test_the_probe_reads_a_model_that_only_ever_says_left(world, tmp_path):
         assert sum(st["knows"]) == sum(w == "left" for w in said), form
 
 
-def test_the_linear_read_outs_run_on_a_model_with_coordinates(world, tmp_path):
-    """The --linear diagnostic on an untrained decoder with --coords: one row per one-claim caption of the
-    multi-object scenes, finite scores (a smoke test: what the numbers mean is measured on trained models)."""
+@pytest.mark.parametrize("recall", [False, True])
+def test_the_linear_read_outs_run_on_a_model_with_coordinates(world, tmp_path, recall):
+    """The --linear diagnostic on an untrained decoder with --coords (and --recall): one row per one-claim
+    caption of the multi-object scenes, finite scores (a smoke test: what the numbers mean is measured on
+    trained models)."""
     import math
 
     from captioner.evaluation import split_features
 
     source = shapes_source(world, generate=False)
     vocab = Vocab.build([tokenize(c) for r in source.split("train") for c in r.captions], min_count=1)
-    model = Captioner.create(EncoderConfig(), vocab, embed_dim=8, attention_dim=8, hidden_dim=16, coords=True)
+    model = Captioner.create(EncoderConfig(), vocab, embed_dim=8, attention_dim=8, hidden_dim=16, coords=True,
+                             recall=recall)
     records = source.split("train")
     cache = split_features(model, records, str(tmp_path / "cache"), source.name, "train", progress=False)
     out = relation_probe.linear_readout(model, records, cache, source.objects["train"], source.image_sizes["train"])
     assert out["claims"] >= 20, out
     assert all(math.isfinite(v) for k, v in out.items() if k != "claims"), out
     assert 0 <= out["relation_from_h"] <= 1 and out["other_from_context_R2"] <= 1
+    assert ("subject_from_recall_R2" in out) == recall
