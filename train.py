@@ -67,7 +67,7 @@ def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | No
     out = Path(cfg.out) / "scst"
     return replace(cfg, out=str(out), init_from=str(Path(cfg.out) / "best.pt"), scst=True, epochs=args.then_scst,
                    lr=args.then_scst_lr or 2e-4, warmup_steps=0, patience=0,
-                   att_supervision=0.0,  # a term of the cross-entropy stage
+                   att_supervision=0.0, recall_supervision=0.0,  # terms of the cross-entropy stage
                    resume="auto" if cfg.resume else None)  # a resumed command continues the stage cut short
 
 

@@ -53,6 +53,9 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     # the context of the step that named the subject (relation_probe --linear: the LSTM state has lost it).
     "recall": ["--coords", "true", "--recall", "true"],
     "attsup+recall": ["--coords", "true", "--att-supervision", "1", "--recall", "true"],
+    # ... and the recall told what to read back at a relation word: the entry of the subject's shape word.
+    "attsup+recallsup": ["--coords", "true", "--att-supervision", "1", "--recall", "true",
+                         "--recall-supervision", "1"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")

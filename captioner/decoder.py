@@ -172,7 +172,7 @@ class Decoder(nn.Module):
         """The decoder's state before the first word, from prepared feats (B, N, D): a tuple of tensors whose
         first dimension is the batch (search reorders and repeats each of them alike). (h_0, c_0), each
         (B, n); with recall also the memory's keys and values, (B, 0, R) each, and the context read for the
-        previous word, (B, D) (zeros before <start>)."""
+        previous word, (B, D) (zeros before <start>), and the last step's recall weights (B, t) (none yet)."""
         x = feats[:, :, : self.cfg.feature_dim]  # (B, N, C): the coordinates' mean says nothing
         summary = x.mean(dim=1)  # (B, C)
         if self.cfg.layout:
@@ -183,8 +183,8 @@ class Decoder(nn.Module):
         h0, c0 = torch.tanh(self.init_h(summary)), torch.tanh(self.init_c(summary))
         if not self.cfg.recall:
             return h0, c0
-        empty = feats.new_zeros(feats.shape[0], 0, RECALL_DIM)
-        return h0, c0, empty, empty, feats.new_zeros(feats.shape[0], feats.shape[2])
+        B, empty = feats.shape[0], feats.new_zeros(feats.shape[0], 0, RECALL_DIM)
+        return h0, c0, empty, empty, feats.new_zeros(B, feats.shape[2]), feats.new_zeros(B, 0)
 
     def step(self, prev_tokens: torch.Tensor, state: tuple[torch.Tensor, ...], feats: torch.Tensor,
              feat_proj: torch.Tensor):
@@ -221,7 +221,7 @@ class Decoder(nn.Module):
             context = torch.sigmoid(self.f_beta(h)) * context  # z_t = beta * context
         inputs = [emb, context]
         if self.cfg.recall:
-            keys, values, recalled, _ = self.recall(emb, state)
+            keys, values, recalled, w = self.recall(emb, state)
             inputs.append(recalled)
         h, c = self.lstm(torch.cat(inputs, dim=1), (h, c))
         # tanh on the sum as in the authors' reference code (arctic-captions); dropout on h_t and on the sum.
@@ -229,7 +229,7 @@ class Decoder(nn.Module):
         if self.cfg.recall:
             pre = pre + self.L_r(recalled)
         logits = self.L_o(self.dropout(torch.tanh(pre)))
-        state = (h, c, keys, values, read) if self.cfg.recall else (h, c)
+        state = (h, c, keys, values, read, w) if self.cfg.recall else (h, c)
         return logits, state, alpha, loc
 
     def recall(self, emb: torch.Tensor, state: tuple[torch.Tensor, ...]):
@@ -255,18 +255,20 @@ class Decoder(nn.Module):
 
     # --- teacher forcing ----------------------------------------------------------------
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor,
-                draws: tuple[torch.Tensor, torch.Tensor] | None = None):
+                draws: tuple[torch.Tensor, torch.Tensor] | None = None, recall_weights: bool = False):
         """feats (B, N, C); tokens (B, T) = <start> w1 .. <end> <pad>.. -> logits (B, T-1, V), alphas (B, T-1, N).
 
         With `draws` = (u (B, T-1) uniforms, sampled (B,) bool), hard attention reads sampled
         locations (see draw_step) and a third output, the locations (B, T-1) (-1: expectation), is
-        returned. The whole batch runs every step (padding is masked in the loss), so nothing is
-        sorted and outputs stay in the caller's order.
+        returned. With `recall_weights` (a recall decoder) the last output is the recall weights
+        (B, T-1, T-1): row t over the memory's entries 0..t (entry j: token j and the context read
+        for it), zeros beyond. The whole batch runs every step (padding is masked in the loss), so
+        nothing is sorted and outputs stay in the caller's order.
         """
         feats, proj = self.prepare(feats)
         state = self.init_state(feats)
         step = self.__dict__.get("_compiled_step", self.step)
-        logits, alphas, locs = [], [], []
+        logits, alphas, locs, recalls = [], [], [], []
         for t in range(tokens.shape[1] - 1):
             if draws is None:
                 lt, state, at = step(tokens[:, t], state, feats, proj)
@@ -275,9 +277,16 @@ class Decoder(nn.Module):
                 locs.append(st)
             logits.append(lt)
             alphas.append(at)
-        if draws is None:
-            return torch.stack(logits, 1), torch.stack(alphas, 1)
-        return torch.stack(logits, 1), torch.stack(alphas, 1), torch.stack(locs, 1)
+            if recall_weights:
+                recalls.append(F.pad(state[5], (0, tokens.shape[1] - 2 - t)))  # (B, T-1)
+        out = (torch.stack(logits, 1), torch.stack(alphas, 1))
+        if draws is not None:
+            out += (torch.stack(locs, 1),)
+        if recall_weights:
+            if not self.cfg.recall:
+                raise ValueError("recall_weights: this decoder has no recall memory (DecoderConfig.recall)")
+            out += (torch.stack(recalls, 1),)
+        return out
 
 
 def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -376,6 +385,19 @@ def attention_supervision(alphas: torch.Tensor, targets: torch.Tensor) -> tuple[
     """
     rows = targets.any(dim=2)  # (B, T-1)
     mass = (alphas.float() * targets).sum(dim=2).clamp(min=1e-6)
+    return -(mass.log() * rows).sum(), rows.sum()
+
+
+def recall_supervision(weights: torch.Tensor, entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of -log(the recall weight on the target entry) over the supervised steps.
+
+    weights (B, T-1, T-1) (Decoder.forward's recall weights); entries (B, T-1) long, the memory entry
+    each step should read back, -1 where unsupervised (what scene_metrics.recall_targets gives: at a
+    relation's deciding word, the entry of the subject's shape word, i.e. where the model looked when
+    it named the subject). Not in the paper.
+    """
+    rows = entries >= 0  # (B, T-1)
+    mass = weights.float().gather(2, entries.clamp(min=0).unsqueeze(2)).squeeze(2).clamp(min=1e-6)
     return -(mass.log() * rows).sum(), rows.sum()
 
 

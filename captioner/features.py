@@ -466,7 +466,8 @@ class CaptionFeatureDataset(Dataset):
     def __init__(self, cache: FeatureCache | FeatureView, records: Sequence[ImageRecord], vocab: Vocab,
                  max_len: int = 30, per_image: str = "one", seed: int = 0, prefer: str | None = None,
                  prefer_weight: float = 1.0, tokens: Mapping[int, list[list[str]]] | None = None,
-                 attention_targets: Mapping[int, list[tuple[np.ndarray, np.ndarray]]] | None = None):
+                 attention_targets: Mapping[int, list[tuple[np.ndarray, np.ndarray]]] | None = None,
+                 recall_targets: Mapping[int, list[np.ndarray]] | None = None):
         if per_image not in ("one", "all"):
             raise ValueError(f"per_image must be 'one' or 'all', not {per_image!r}")
         by_id = {r.image_id: r for r in records}
@@ -478,6 +479,10 @@ class CaptionFeatureDataset(Dataset):
         self.pairs = [(k, j) for k, caps in enumerate(self.captions) for j in range(len(caps))]
         # image id -> per reference (word indices, (k, N) bool cell masks): where its words should look
         self.targets = None if attention_targets is None else [attention_targets[i] for i in self.image_ids]
+        # image id -> per reference, (k, 2) int64 rows (word index, recall memory entry to read back there)
+        if recall_targets is not None and attention_targets is None:
+            raise ValueError("recall_targets come with attention_targets (the items carry both)")
+        self.recalls = None if recall_targets is None else [recall_targets[i] for i in self.image_ids]
         self.seed = seed
         self.epoch = 0
 
@@ -496,7 +501,18 @@ class CaptionFeatureDataset(Dataset):
         feats, tokens = self.image_features(k), torch.tensor(self.captions[k][j], dtype=torch.long)
         if self.targets is None:
             return feats, tokens
-        return feats, tokens, self.target_masks(k, j, len(tokens) - 1, feats.shape[0])
+        masks = self.target_masks(k, j, len(tokens) - 1, feats.shape[0])
+        if self.recalls is None:
+            return feats, tokens, masks
+        return feats, tokens, masks, self.recall_entries(k, j, len(tokens) - 1)
+
+    def recall_entries(self, k: int, j: int, steps: int) -> torch.Tensor:
+        """(steps,) long: the recall memory entry step t should read back, -1 where unsupervised."""
+        out = torch.full((steps,), -1, dtype=torch.long)
+        rows = self.recalls[k][j]
+        rows = rows[rows[:, 0] < steps - 1]  # the last step predicts <end>
+        out[torch.from_numpy(rows[:, 0])] = torch.from_numpy(rows[:, 1])
+        return out
 
     def target_masks(self, k: int, j: int, steps: int, cells: int) -> torch.Tensor:
         """(steps, N) bool: row t marks where the attention predicting token t + 1 (word t) should look;
@@ -541,8 +557,8 @@ class ImageCaptionDataset(Dataset):
 
 
 def collate_captions(batch):
-    """Stack inputs (as float32) and right-pad the token sequences with <pad> (and the attention targets, when
-    the items have them, with unsupervised steps)."""
+    """Stack inputs (as float32) and right-pad the token sequences with <pad> (and the attention and recall
+    targets, when the items have them, with unsupervised steps)."""
     batch = [b for b in batch if b is not None]  # unreadable images were reported and dropped
     if not batch:
         return None
@@ -556,4 +572,9 @@ def collate_captions(batch):
     targets = torch.zeros(len(batch), T - 1, batch[0][2].shape[1], dtype=torch.bool)  # attention targets
     for r, b in enumerate(batch):
         targets[r, : len(b[2])] = b[2]
-    return inputs, tokens, targets
+    if len(batch[0]) == 3:
+        return inputs, tokens, targets
+    entries = torch.full((len(batch), T - 1), -1, dtype=torch.long)  # recall targets
+    for r, b in enumerate(batch):
+        entries[r, : len(b[3])] = b[3]
+    return inputs, tokens, targets, entries

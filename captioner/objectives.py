@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .decoder import attention_supervision, caption_loss, hard_attention_terms
+from .decoder import attention_supervision, caption_loss, hard_attention_terms, recall_supervision
 from .distributed import ONE_PROCESS, Dist, all_reduce_sum
 from .reward import CiderD
 from .runtime import autocast
@@ -65,29 +65,37 @@ def global_factors(dist: Dist, tokens: torch.Tensor, rows: int | None = None) ->
 
 def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, trainable: list, inputs: torch.Tensor,
                       tokens: torch.Tensor, cfg: Any, dist: Dist = ONE_PROCESS, dtype: torch.dtype | None = None,
-                      targets: torch.Tensor | None = None):
+                      targets: torch.Tensor | None = None, entries: torch.Tensor | None = None):
     """One teacher-forced cross-entropy step on a batch already on the device (the schedule steps outside).
 
     With `targets` (B, T-1, N) bool, cfg.att_supervision x the attention supervision (its mean over the
-    global batch's supervised steps) is added. Returns the detached (loss, cross-entropy, regulariser,
-    supervision) of this rank's batch; under DDP rescaled so that their mean over the ranks is the global
-    batch's value.
+    global batch's supervised steps) is added; with `entries` (B, T-1) long, cfg.recall_supervision x the
+    recall supervision, likewise. Returns the detached (loss, cross-entropy, regulariser, attention
+    supervision, recall supervision) of this rank's batch; under DDP rescaled so that their mean over the
+    ranks is the global batch's value.
     """
     with autocast(inputs.device, dtype):
-        logits, alphas = net(inputs, tokens)
+        out = net(inputs, tokens, recall_weights=True) if entries is not None else net(inputs, tokens)
+        logits, alphas = out[0], out[1]
         loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction, cfg.objective)
-    sup = loss.new_zeros(())
+    sup = rsup = loss.new_zeros(())
     if targets is not None:
         sup_sum, count = attention_supervision(alphas, targets)
         total = all_reduce_sum(dist, count.float().clone())  # supervised steps of the global batch
         sup = sup_sum / (total / dist.world).clamp(min=1)
+    if entries is not None:
+        rsup_sum, count = recall_supervision(out[2], entries)
+        total = all_reduce_sum(dist, count.float().clone())
+        rsup = rsup_sum / (total / dist.world).clamp(min=1)
     if dist.enabled:
         f_tok, f_row = global_factors(dist, tokens)
         ce = ce * (f_row if cfg.objective == "paper" else f_tok)
         reg = reg * f_row
     loss = ce + cfg.att_lambda * reg + cfg.att_supervision * sup
+    if entries is not None:  # (a separate addition: runs without it keep their floats)
+        loss = loss + cfg.recall_supervision * rsup
     update(loss, optimizer, scaler, trainable, cfg.grad_clip)
-    return loss.detach(), ce.detach(), reg.detach(), sup.detach()
+    return loss.detach(), ce.detach(), reg.detach(), sup.detach(), rsup.detach()
 
 
 class CrossEntropy:
@@ -98,12 +106,13 @@ class CrossEntropy:
     def __init__(self, run: Any):
         self.run = run
 
-    def __call__(self, inputs: torch.Tensor, tokens: torch.Tensor, step: int,
-                 targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, inputs: torch.Tensor, tokens: torch.Tensor, step: int, targets: torch.Tensor | None = None,
+                 entries: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         r = self.run
-        loss, ce, reg, sup = optimisation_step(r.net, r.optimizer, r.scaler, r.trainable, inputs, tokens, r.cfg,
-                                               r.dist, r.dtype, targets)
-        return {"loss": loss, "ce": ce, "reg": reg, **({"sup": sup} if targets is not None else {})}
+        loss, ce, reg, sup, rsup = optimisation_step(r.net, r.optimizer, r.scaler, r.trainable, inputs, tokens,
+                                                     r.cfg, r.dist, r.dtype, targets, entries)
+        return {"loss": loss, "ce": ce, "reg": reg, **({"sup": sup} if targets is not None else {}),
+                **({"rsup": rsup} if entries is not None else {})}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -539,6 +539,14 @@ def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> 
         if len(found) == 1:
             for t in (p.colour_idx, p.end - 1):
                 out.setdefault(t, set()).add(found[0])
+    for k, _, other in _relation_words(toks, objs):
+        out.setdefault(k, set()).add(other)
+    return [(k, tuple(sorted(v))) for k, v in sorted(out.items())]
+
+
+def _relation_words(toks: Sequence[str], objs: Sequence[Mapping]):
+    """(deciding word's index, the phrase it places, index in objs of the object it is placed against) for each
+    stated relation whose two arguments each match exactly one object (and not the same one)."""
     deciding = [k for k, w in enumerate(toks) if w in _DECIDING]
     for st in relation_statements(toks):
         a, b = _matches(st.subject, objs), _matches(st.object, objs)
@@ -548,16 +556,27 @@ def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> 
             for phrase, other in ((st.subject, b[0]), (st.object, a[0])):
                 k = next((k for k in deciding if k >= phrase.end), None)
                 if k is not None and k - phrase.end <= 2:  # "on the left": the place word follows the phrase
-                    out.setdefault(k, set()).add(other)
+                    yield k, phrase, other
         elif st.object.start > st.subject.start:  # "A [is] to the left of B": the last deciding word before B
             k = next((k for k in reversed(deciding) if st.subject.end <= k < st.object.start), None)
             if k is not None:
-                out.setdefault(k, set()).add(b[0])
+                yield k, st.subject, b[0]
         else:  # "B with A to its left", "and C above it": the first deciding word after the subject
             k = next((k for k in deciding if k >= st.subject.end), None)
             if k is not None:
-                out.setdefault(k, set()).add(b[0])
-    return [(k, tuple(sorted(v))) for k, v in sorted(out.items())]
+                yield k, st.subject, b[0]
+
+
+def recall_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> list[tuple[int, int]]:
+    """What a relation's deciding word should read back from the decoder's recall memory
+    (`train.py --recall-supervision`, shapes world only): (token index, memory entry) pairs. The entry is
+    the one written for the shape word of the phrase the word places ("circle" in "a red circle is to the
+    left of ..."): entry j holds token j of <start> w0 w1 ..., so word i's entry is i + 1, and with it the
+    context read when the model wrote that word, i.e. where it looked when it named the subject. The
+    attention meanwhile looks at the other object (attention_targets): "left" compares the two places.
+    """
+    toks = _tokens(caption)
+    return sorted({k: phrase.end for k, phrase, _ in _relation_words(toks, objs)}.items())
 
 
 def attention_target_masks(caption: str | Sequence[Any], objs: Sequence[Mapping], image_size: tuple[int, int],

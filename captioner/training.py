@@ -60,7 +60,7 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
-from .scene_metrics import SHAPES_METRICS, attention_target_masks
+from .scene_metrics import SHAPES_METRICS, attention_target_masks, recall_targets
 from .search import DEFAULT_MAX_LEN
 from .sources import DataSource
 from .text import Vocab, tokenize
@@ -125,6 +125,9 @@ class TrainConfig:
                                          "cached features, soft attention): -log of the attention mass that a "
                                          "colour/shape word puts on its object and a relation word on the other "
                                          "object of the relation (0: off, as the paper)")
+    recall_supervision: float = option(0.0, "weight of recall supervision (with --recall, shapes world, cached "
+                                            "features): -log of the recall weight that a relation word puts on "
+                                            "the memory entry of the shape word it places (0: off)")
     # vocabulary and captions
     min_count: int = option(5, "words seen fewer times in training captions become <unk>")
     max_caption_len: int = option(30, "training captions are cut to this many words")
@@ -214,6 +217,13 @@ class TrainConfig:
         if self.att_supervision and (self.scst or self.fine_tune_encoder):
             raise ValueError("--att-supervision weighs a term of the cross-entropy stage on cached features: "
                              "not with --scst or --fine-tune-encoder")
+        if self.recall_supervision < 0:
+            raise ValueError(f"recall_supervision must be 0 (off) or positive, not {self.recall_supervision}")
+        if self.recall_supervision and not self.recall:
+            raise ValueError("--recall-supervision supervises the recall memory: add --recall true")
+        if self.recall_supervision and (self.scst or self.fine_tune_encoder):
+            raise ValueError("--recall-supervision weighs a term of the cross-entropy stage on cached features: "
+                             "not with --scst or --fine-tune-encoder")
         if self.sample_max_len < 1:
             raise ValueError(f"sample_max_len must be >= 1, not {self.sample_max_len}")
 
@@ -282,9 +292,9 @@ class TeacherForced(nn.Module):
         super().__init__()
         self.encoder, self.decoder, self.fine_tune = model.encoder, model.decoder, fine_tune
 
-    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, draws=None):
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor, draws=None, recall_weights: bool = False):
         feats = self.encoder(inputs) if self.fine_tune else inputs  # (B, N, C)
-        return self.decoder(feats, tokens, draws)
+        return self.decoder(feats, tokens, draws, recall_weights)
 
 
 class ImageIndex(torch.utils.data.Dataset):
@@ -456,8 +466,8 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
         train_cache = cached_features(model.encoder, train_records, cfg.cache_dir, source.name, "train", **feat_kw)
         train_ds = CaptionFeatureDataset(train_cache, train_records, model.vocab, cfg.max_caption_len,
                                          cfg.captions_per_image, cfg.seed, cfg.prefer_captions, cfg.prefer_weight,
-                                         tokens=tokens, attention_targets=_attention_targets(cfg, source, model,
-                                                                                             train_records, tokens))
+                                         tokens=tokens, **_attention_targets(cfg, source, model, train_records,
+                                                                             tokens))
     val_cache = split_features(model, val_records, cfg.cache_dir, source.name, cfg.val_split, **feat_kw)
     # The permutation depends on (seed, epoch) only; rank r takes every world-th index of it.
     if cfg.scst:  # one item per image: its features and its index (the references come from train_ds)
@@ -479,17 +489,18 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
 
 
 def _attention_targets(cfg: TrainConfig, source: DataSource, model: Captioner, records: list,
-                       tokens: dict[int, list[list[str]]]) -> dict[int, list] | None:
-    """With --att-supervision: image id -> per reference caption, where its words should look (word
-    indices and cell masks on the model's grid, from the objects' boxes); None without it."""
-    if not cfg.att_supervision:
-        return None
+                       tokens: dict[int, list[list[str]]]) -> dict[str, dict[int, list]]:
+    """With --att-supervision or --recall-supervision, CaptionFeatureDataset's `attention_targets` (image
+    id -> per reference caption, where its words should look: word indices and cell masks on the model's
+    grid, from the objects' boxes) and with --recall-supervision its `recall_targets` too; {} without."""
+    if not cfg.att_supervision and not cfg.recall_supervision:
+        return {}
+    what = "--att-supervision" if cfg.att_supervision else "--recall-supervision"
     if model.cfg.decoder.attention != "soft":
-        raise ValueError(f"--att-supervision supervises soft attention; this model's is "
-                         f"{model.cfg.decoder.attention!r}")
+        raise ValueError(f"{what} supervises soft attention; this model's is {model.cfg.decoder.attention!r}")
     objects, sizes = source.objects.get("train"), source.image_sizes.get("train")
     if not objects or not sizes:
-        raise ValueError(f"--att-supervision needs each training image's objects and their boxes (the shapes "
+        raise ValueError(f"{what} needs each training image's objects and their boxes (the shapes "
                          f"world); {source.name} has none")
     grid = model.cfg.decoder.grid
     out = {r.image_id: [attention_target_masks(t, objects.get(r.image_id, []), sizes[r.image_id], grid)
@@ -497,7 +508,13 @@ def _attention_targets(cfg: TrainConfig, source: DataSource, model: Captioner, r
     steps = sum(len(w) for caps in out.values() for w, _ in caps)
     log.info("attention supervision (weight %g): %d supervised words in %d references", cfg.att_supervision, steps,
              sum(len(caps) for caps in out.values()))
-    return out
+    if not cfg.recall_supervision:
+        return {"attention_targets": out}
+    recalls = {r.image_id: [np.array(recall_targets(t, objects.get(r.image_id, [])), dtype=np.int64).reshape(-1, 2)
+                            for t in tokens[r.image_id]] for r in records}
+    log.info("recall supervision (weight %g): %d supervised relation words", cfg.recall_supervision,
+             sum(len(x) for caps in recalls.values() for x in caps))
+    return {"attention_targets": out, "recall_targets": recalls}
 
 
 def _optimisation(run: _Run) -> None:

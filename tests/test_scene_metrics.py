@@ -662,3 +662,36 @@ def test_attention_targets_of_the_world_references(references):
             assert set(which).isdisjoint(S._matches(before, objs)), caption
             assert set(which) <= {j for p in phrases for j in S._matches(p, objs)}, caption
     assert related > 100
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("a red circle is to the left of a blue square", [("left", "circle")]),
+    ("a blue square with a red circle to its left", [("left", "circle")]),
+    ("a red circle is to the left of a blue square and a green cross above it",
+     [("left", "circle"), ("above", "cross")]),
+    ("a blue square is to the right of a red circle and below a green cross",
+     [("right", "square"), ("below", "square")]),
+    ("a red circle on the left a green cross in the middle and a blue square on the right",
+     [("left", "circle"), ("middle", "cross"), ("right", "square")]),
+    ("a purple circle is to the left of a blue square", []),  # an absent subject: nothing to recall
+])
+def test_recall_targets_point_relation_words_at_the_entry_of_the_subjects_shape_word(caption, expected):
+    """Entry j of the recall memory holds token j of <start> w0 w1 ...: word i's entry is i + 1."""
+    toks = caption.split()
+    with_start = ["<start>", *toks]
+    got = [(toks[k], with_start[e]) for k, e in S.recall_targets(toks, SCENE)]
+    assert got == expected
+    assert all(e <= k for k, e in S.recall_targets(toks, SCENE))  # written before the step that reads it
+
+
+def test_recall_targets_of_the_world_references(references):
+    objects, captions = references
+    n = 0
+    for img_id, caption in captions:
+        objs, toks = objects[img_id], S._tokens(caption)
+        shape_words = {p.end: p for p in S.noun_phrases(toks)}  # entry -> the phrase whose shape word it holds
+        for k, e in S.recall_targets(toks, objs):
+            assert toks[k] in S._DECIDING and e in shape_words and e <= k, caption
+            assert toks[e - 1] in S._SHAPE_FORMS and len(S._matches(shape_words[e], objs)) == 1, caption
+            n += 1
+    assert n > 100

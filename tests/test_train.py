@@ -306,7 +306,8 @@ def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path
     source = shapes_source(world, generate=False)
     records = source.split("train")
     tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
-    targets = _attention_targets(TrainConfig(att_supervision=1.0), source, model, records, tokens)  # what training uses
+    targets = _attention_targets(TrainConfig(att_supervision=1.0), source, model, records,  # what training uses
+                                 tokens)["attention_targets"]
     cache = FeatureCache(next((tmp_path / "cache").glob("*/train-*")))
     ds = CaptionFeatureDataset(cache, records, model.vocab, per_image="all", tokens=tokens, attention_targets=targets)
     words = set()
@@ -327,3 +328,45 @@ def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path
     args = train.parse_args(train_args(world, tmp_path / "x", tmp_path / "cache", 1, att_supervision="1",
                                        then_scst="1"))
     assert train.second_stage(args, train.train_config(args)).att_supervision == 0
+
+
+def test_recall_supervision_reads_back_the_subject(world, tmp_path, capsys):
+    """--recall-supervision: the supervised run's recall weight on the subject's entry rises, beyond that of
+    the same run with a vanishing weight; the dataset's entries sit at relation words and point at a shape
+    word's entry; the option needs --recall and is refused with --scst."""
+    rsup = {}
+    for w in ("1e-9", "5"):
+        history = train.main(train_args(world, tmp_path / w, tmp_path / "cache", 3, recall_supervision=w,
+                                        recall="true", coords="true"))["history"]
+        rsup[w] = [h["rsup"] for h in history]  # mean -log(recall weight on the target entry)
+    assert rsup["5"][-1] < 0.8 * rsup["5"][0] and rsup["5"][-1] < 0.7 * rsup["1e-9"][-1], rsup
+
+    from captioner.features import CaptionFeatureDataset, FeatureCache, collate_captions
+    from captioner.model import Captioner
+    from captioner.scene_metrics import _DECIDING, SHAPES
+    from captioner.sources import shapes_source
+    from captioner.text import tokenize
+    from captioner.training import TrainConfig, _attention_targets
+    model = Captioner.from_model_state(load_checkpoint(tmp_path / "5" / "best.pt")["model"])
+    source = shapes_source(world, generate=False)
+    records = source.split("train")
+    tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
+    kw = _attention_targets(TrainConfig(recall=True, recall_supervision=1.0), source, model, records, tokens)
+    ds = CaptionFeatureDataset(FeatureCache(next((tmp_path / "cache").glob("*/train-*"))), records, model.vocab,
+                               per_image="all", tokens=tokens, **kw)
+    pairs = []
+    for i in range(len(ds)):
+        _, ids, _, entries = ds[i]
+        assert entries.shape == (len(ids) - 1,)
+        pairs += [(model.vocab.itos[ids[t + 1]], model.vocab.itos[ids[e]]) for t, e in enumerate(entries.tolist())
+                  if e >= 0]
+    assert len(pairs) > 20 and all(w in _DECIDING and s in SHAPES for w, s in pairs), pairs[:5]
+    batch = collate_captions([ds[0], ds[1], ds[2]])
+    assert len(batch) == 4 and batch[3].shape == batch[1][:, 1:].shape and batch[3].dtype == torch.long
+
+    with pytest.raises(SystemExit):  # TrainConfig refuses it: argparse reports it
+        train.main(train_args(world, tmp_path / "x", tmp_path / "cache", 1, recall_supervision="1"))
+    assert "add --recall true" in capsys.readouterr().err
+    args = train.parse_args(train_args(world, tmp_path / "x", tmp_path / "cache", 1, recall_supervision="1",
+                                       recall="true", then_scst="1"))
+    assert train.second_stage(args, train.train_config(args)).recall_supervision == 0
