@@ -14,6 +14,10 @@ Attention kinds (`DecoderConfig.attention`):
   the expectation, as for soft attention: see `step`.
 - "none": z_t = beta * the mean annotation vector at every step (alpha uniform): the same decoder
   without attention, a Show-and-Tell-like baseline.
+
+The state search carries is a tuple of tensors with the batch first, (h, c), and with `recall` (a
+memory of where the decoder looked; not in the paper) also the memory's keys and values, the context
+read for the previous word and the last recall weights; search reorders and repeats it as a whole.
 """
 from __future__ import annotations
 
