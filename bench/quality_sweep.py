@@ -56,6 +56,11 @@ VARIANTS = {  # name -> train.py options on top of --preset shapes (each says ev
     # ... and the recall told what to read back at a relation word: the entry of the subject's shape word.
     "attsup+recallsup": ["--coords", "true", "--att-supervision", "1", "--recall", "true",
                          "--recall-supervision", "1"],
+    # ... with the references that state a relation drawn 3x as often: more relation words to learn from
+    # (relation_probe --linear: with recall supervision the subject's and the other object's places are both
+    # there at the relation word, and the word still ignores them).
+    "attsup+recallsup+prefer": ["--coords", "true", "--att-supervision", "1", "--recall", "true",
+                                "--recall-supervision", "1", "--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
 }
 KEYS = ("BLEU-4", "CIDEr", "scene_accuracy", "object_recall", "CHAIR_i", "CHAIR_s", "count_error_rate",
         "grounding", "relation_rate", "relation_accuracy")
