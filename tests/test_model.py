@@ -458,7 +458,7 @@ def test_recall_reads_back_where_an_earlier_word_looked():
     tokens = torch.tensor([[START_ID, 5, 6, 7]] * 2)
     with torch.no_grad():
         state = dec.init_state(f)
-        assert [tuple(x.shape) for x in state] == [(2, 20), (2, 20), (2, 0, 64), (2, 0, 64), (2, C + 2)]
+        assert [tuple(x.shape) for x in state] == [(2, 20), (2, 20), (2, 0, 64), (2, 0, 64), (2, C + 2), (2, 0)]
         for t in range(3):
             _, state, _ = dec.step(tokens[:, t], state, f, proj)
         assert state[2].shape == (2, 3, 64) and state[3].shape == (2, 3, 64)  # <start>, 5, 6
