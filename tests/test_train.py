@@ -296,20 +296,9 @@ def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path
         sup[w] = [h["sup"] for h in history]  # mean -log(attention mass on the target cells)
     assert sup["5"][-1] < 0.8 * sup["5"][0] and sup["5"][-1] < 0.7 * sup["1e-9"][-1], sup
 
-    from captioner.features import CaptionFeatureDataset, FeatureCache
-    from captioner.model import Captioner
     from captioner.scene_metrics import _DECIDING, COLOURS, SHAPES
-    from captioner.sources import shapes_source
-    from captioner.text import tokenize
-    from captioner.training import TrainConfig, _attention_targets
-    model = Captioner.from_model_state(load_checkpoint(tmp_path / "5" / "best.pt")["model"])
-    source = shapes_source(world, generate=False)
-    records = source.split("train")
-    tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
-    targets = _attention_targets(TrainConfig(att_supervision=1.0), source, model, records,  # what training uses
-                                 tokens)["attention_targets"]
-    cache = FeatureCache(next((tmp_path / "cache").glob("*/train-*")))
-    ds = CaptionFeatureDataset(cache, records, model.vocab, per_image="all", tokens=tokens, attention_targets=targets)
+    from captioner.training import TrainConfig
+    model, ds = _supervised_dataset(world, tmp_path, TrainConfig(att_supervision=1.0))
     words = set()
     for i in range(len(ds)):
         _, ids, rows = ds[i]
@@ -330,6 +319,23 @@ def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path
     assert train.second_stage(args, train.train_config(args)).att_supervision == 0
 
 
+def _supervised_dataset(world, tmp_path, cfg):
+    """The model of the run in tmp_path/5 and its train split with every reference, carrying the targets
+    that training builds for cfg (training._attention_targets: what a supervised run uses)."""
+    from captioner.features import CaptionFeatureDataset, FeatureCache
+    from captioner.model import Captioner
+    from captioner.sources import shapes_source
+    from captioner.text import tokenize
+    from captioner.training import _attention_targets
+    model = Captioner.from_model_state(load_checkpoint(tmp_path / "5" / "best.pt")["model"])
+    source = shapes_source(world, generate=False)
+    records = source.split("train")
+    tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
+    kw = _attention_targets(cfg, source, model, records, tokens)
+    cache = FeatureCache(next((tmp_path / "cache").glob("*/train-*")))
+    return model, CaptionFeatureDataset(cache, records, model.vocab, per_image="all", tokens=tokens, **kw)
+
+
 def test_recall_supervision_reads_back_the_subject(world, tmp_path, capsys):
     """--recall-supervision: the supervised run's recall weight on the subject's entry rises, beyond that of
     the same run with a vanishing weight; the dataset's entries sit at relation words and point at a shape
@@ -341,19 +347,10 @@ def test_recall_supervision_reads_back_the_subject(world, tmp_path, capsys):
         rsup[w] = [h["rsup"] for h in history]  # mean -log(recall weight on the target entry)
     assert rsup["5"][-1] < 0.8 * rsup["5"][0] and rsup["5"][-1] < 0.7 * rsup["1e-9"][-1], rsup
 
-    from captioner.features import CaptionFeatureDataset, FeatureCache, collate_captions
-    from captioner.model import Captioner
+    from captioner.features import collate_captions
     from captioner.scene_metrics import _DECIDING, SHAPES
-    from captioner.sources import shapes_source
-    from captioner.text import tokenize
-    from captioner.training import TrainConfig, _attention_targets
-    model = Captioner.from_model_state(load_checkpoint(tmp_path / "5" / "best.pt")["model"])
-    source = shapes_source(world, generate=False)
-    records = source.split("train")
-    tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
-    kw = _attention_targets(TrainConfig(recall=True, recall_supervision=1.0), source, model, records, tokens)
-    ds = CaptionFeatureDataset(FeatureCache(next((tmp_path / "cache").glob("*/train-*"))), records, model.vocab,
-                               per_image="all", tokens=tokens, **kw)
+    from captioner.training import TrainConfig
+    model, ds = _supervised_dataset(world, tmp_path, TrainConfig(recall=True, recall_supervision=1.0))
     pairs = []
     for i in range(len(ds)):
         _, ids, _, entries = ds[i]
