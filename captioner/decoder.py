@@ -269,6 +269,8 @@ class Decoder(nn.Module):
         for it), zeros beyond. The whole batch runs every step (padding is masked in the loss), so
         nothing is sorted and outputs stay in the caller's order.
         """
+        if recall_weights and not self.cfg.recall:
+            raise ValueError("recall_weights: this decoder has no recall memory (DecoderConfig.recall)")
         feats, proj = self.prepare(feats)
         state = self.init_state(feats)
         step = self.__dict__.get("_compiled_step", self.step)
@@ -287,8 +289,6 @@ class Decoder(nn.Module):
         if draws is not None:
             out += (torch.stack(locs, 1),)
         if recall_weights:
-            if not self.cfg.recall:
-                raise ValueError("recall_weights: this decoder has no recall memory (DecoderConfig.recall)")
             out += (torch.stack(recalls, 1),)
         return out
 

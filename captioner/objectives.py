@@ -80,13 +80,9 @@ def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
         loss, ce, reg = caption_loss(logits, alphas, tokens, cfg.att_lambda, cfg.att_reduction, cfg.objective)
     sup = rsup = loss.new_zeros(())
     if targets is not None:
-        sup_sum, count = attention_supervision(alphas, targets)
-        total = all_reduce_sum(dist, count.float().clone())  # supervised steps of the global batch
-        sup = sup_sum / (total / dist.world).clamp(min=1)
+        sup = _per_supervised_step(*attention_supervision(alphas, targets), dist)
     if entries is not None:
-        rsup_sum, count = recall_supervision(out[2], entries)
-        total = all_reduce_sum(dist, count.float().clone())
-        rsup = rsup_sum / (total / dist.world).clamp(min=1)
+        rsup = _per_supervised_step(*recall_supervision(out[2], entries), dist)
     if dist.enabled:
         f_tok, f_row = global_factors(dist, tokens)
         ce = ce * (f_row if cfg.objective == "paper" else f_tok)
@@ -96,6 +92,13 @@ def optimisation_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler, 
         loss = loss + cfg.recall_supervision * rsup
     update(loss, optimizer, scaler, trainable, cfg.grad_clip)
     return loss.detach(), ce.detach(), reg.detach(), sup.detach(), rsup.detach()
+
+
+def _per_supervised_step(total: torch.Tensor, count: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """A supervision term's sum over this rank's supervised steps, as its share of the mean over the global
+    batch's supervised steps (under DDP the ranks' values average to that mean)."""
+    steps = all_reduce_sum(dist, count.float().clone())  # supervised steps of the global batch
+    return total / (steps / dist.world).clamp(min=1)
 
 
 class CrossEntropy:

@@ -474,3 +474,5 @@ def test_recall_reads_back_where_an_earlier_word_looked():
     for name in ("recall_key", "recall_value", "recall_query", "L_r"):
         grad = getattr(dec, name).weight.grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="no recall memory"):  # asked of a decoder without one
+        make_decoder()(feats(3), torch.tensor([[START_ID, 5, 6, END_ID]] * 3), recall_weights=True)
