@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options of the self-critical stage only: with --then-scst the cross-entropy stage leaves them at 0.
+SCST_ONLY = ("scst_true_relation", "scst_false_relation", "scst_phantom")
+
+
 def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | None:
     """The --then-scst stage's config: self-critical training from the first stage's best.pt, in OUT/scst."""
     if not args.then_scst:
@@ -68,6 +72,7 @@ def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | No
     return replace(cfg, out=str(out), init_from=str(Path(cfg.out) / "best.pt"), scst=True, epochs=args.then_scst,
                    lr=args.then_scst_lr or 2e-4, warmup_steps=0, patience=0,
                    att_supervision=0.0, recall_supervision=0.0,  # terms of the cross-entropy stage
+                   **{k: getattr(args, k) for k in SCST_ONLY if getattr(args, k, None) is not None},
                    resume="auto" if cfg.resume else None)  # a resumed command continues the stage cut short
 
 
@@ -104,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if args.then_scst and not kw.get("scst"):  # a cross-entropy stage: second_stage gives these to the next one
+        for k in SCST_ONLY:
+            kw.pop(k, None)
     return TrainConfig(**kw)
 
 

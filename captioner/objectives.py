@@ -6,8 +6,9 @@
   locations, the REINFORCE term with a moving-average baseline on log p(y|s,a), the entropy
   bonus, and the expectation in place of the sample for a share of the captions.
 - `SelfCritical`: Rennie et al. 2017: captions sampled from the model, rewarded with CIDEr-D
-  (document frequencies from the training references, computed once), minus a baseline (the
-  greedy caption's reward, or the mean reward of the image's other samples).
+  (document frequencies from the training references, computed once) and, on the shapes world,
+  optionally a truth term (true relation statements paid, false ones and absent objects charged),
+  minus a baseline (the greedy caption's reward, or the mean reward of the image's other samples).
 
 Each is made once per run (`make_objective`), is called as `objective(inputs, tokens, step)` and
 returns named scalars (detached tensors) that the loop sums and logs; its own state (the hard
@@ -21,6 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -29,6 +31,7 @@ from .distributed import ONE_PROCESS, Dist, all_reduce_sum
 from .reward import CiderD
 from .runtime import autocast
 from .sampling import WORDS, SampledCaptions, hard_draws, uniforms, words_of
+from .scene_metrics import truth_counts
 from .search import search
 from .text import END_ID, PAD_ID, START_ID
 
@@ -170,7 +173,10 @@ class SelfCritical:
     r is CIDEr-D against the image's training references (document frequencies from all training
     references, once); b is the reward of the greedy caption (decoded in eval mode, no gradient:
     the model at test time) or, with baseline "mean", the mean reward of the image's other K-1
-    samples. The loss is averaged over the sampled captions. With hard attention the sampled
+    samples. With --scst-true-relation / --scst-false-relation / --scst-phantom (shapes world), r
+    also adds w_t x the caption's true relation statements and subtracts w_f x its false ones and
+    w_p x its mentions of absent objects (scene_metrics.truth_counts), for samples and greedy
+    caption alike. The loss is averaged over the sampled captions. With hard attention the sampled
     locations are part of the policy: log p(w^s) includes their log alpha_t(s_t).
     The batch's `tokens` are dataset indices (one row per image), from which the references come.
     """
@@ -183,6 +189,14 @@ class SelfCritical:
         # for its K samples and its greedy caption), not kept: on COCO they would hold gigabytes.
         self.refs = [[_words(c) for c in caps] for caps in run.train_ds.captions]
         self.cider = CiderD(self.refs)
+        cfg = run.cfg
+        # With a truth reward (shapes world): each image's objects, and the weights of truth_counts' three counts.
+        self.truth_weights = np.array([cfg.scst_true_relation, -cfg.scst_false_relation, -cfg.scst_phantom])
+        self.objects = None
+        if cfg.truth_reward:
+            objects = run.source.objects["train"]
+            self.objects = [objects.get(i, []) for i in run.train_ds.ds.image_ids]
+            self.itos = run.model.vocab.itos
 
     def __call__(self, inputs: torch.Tensor, index: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         r, cfg, dist = self.run, self.run.cfg, self.run.dist
@@ -202,6 +216,15 @@ class SelfCritical:
         greedy_words = [g.best.tokens for g in greedy] if greedy is not None else []
         scores = self.cider.score_batch(words_of(tokens) + greedy_words,
                                         [ref for ref in refs for _ in range(K)] + (refs if greedy_words else []))
+        truth = None
+        if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x absent objects named
+            scenes = [self.objects[k] for k in images]
+            captions = [[self.itos[w] for w in c] for c in words_of(tokens) + greedy_words]
+            counts = np.array([truth_counts(c, o) for c, o in
+                               zip(captions, [o for o in scenes for _ in range(K)] + (scenes if greedy_words else []))],
+                              dtype=np.float64).reshape(-1, 3)
+            truth = counts @ self.truth_weights
+            scores = scores + truth
         sample_r = scores[: B * K].reshape(B, K)
         if greedy is not None:
             base = scores[B * K:][:, None].repeat(K, axis=1)
@@ -217,10 +240,13 @@ class SelfCritical:
         update(loss, r.optimizer, r.scaler, r.trainable, cfg.grad_clip)
         lengths = (tokens != PAD_ID).sum(dim=1).float()  # <end> included
         step_s = time.perf_counter() - t0
-        return {"loss": loss.detach(), "reward": reward.mean(), "baseline": reward.new_tensor(base.mean()),
-                "greedy_reward": reward.new_tensor(base.mean() if greedy is not None else float("nan")),
-                "sample_len": lengths.mean(), "reward_seconds": reward.new_tensor(reward_s),
-                "step_seconds": reward.new_tensor(step_s)}
+        out = {"loss": loss.detach(), "reward": reward.mean(), "baseline": reward.new_tensor(base.mean()),
+               "greedy_reward": reward.new_tensor(base.mean() if greedy is not None else float("nan")),
+               "sample_len": lengths.mean(), "reward_seconds": reward.new_tensor(reward_s),
+               "step_seconds": reward.new_tensor(step_s)}
+        if truth is not None:  # the samples' mean truth term (part of "reward")
+            out["truth"] = reward.new_tensor(truth[: B * K].mean())
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {}

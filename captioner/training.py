@@ -147,6 +147,12 @@ class TrainConfig:
                                           "samples)")
     sample_max_len: int = option(DEFAULT_MAX_LEN, "self-critical training: most tokens per sampled or greedy caption, "
                                                   "<end> included")
+    scst_true_relation: float = option(0.0, "self-critical training on the shapes world: added to a caption's "
+                                            "reward per relation statement true of its scene (0: CIDEr-D alone)")
+    scst_false_relation: float = option(0.0, "self-critical training on the shapes world: taken from a caption's "
+                                             "reward per relation statement false of its scene")
+    scst_phantom: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward per "
+                                      "mention of an object its scene does not have (CHAIR_i's mentions)")
     # optimisation
     epochs: int = option(20, "epochs to train")
     batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")
@@ -224,8 +230,21 @@ class TrainConfig:
         if self.recall_supervision and (self.scst or self.fine_tune_encoder):
             raise ValueError("--recall-supervision weighs a term of the cross-entropy stage on cached features: "
                              "not with --scst or --fine-tune-encoder")
+        truth = {"scst_true_relation": self.scst_true_relation, "scst_false_relation": self.scst_false_relation,
+                 "scst_phantom": self.scst_phantom}
+        for name, w in truth.items():
+            if w < 0:
+                raise ValueError(f"{name} must be 0 (off) or positive, not {w}")
+            if w and not self.scst:
+                raise ValueError(f"--{name.replace('_', '-')} weighs a self-critical reward: add --scst true "
+                                 "(or use --then-scst)")
         if self.sample_max_len < 1:
             raise ValueError(f"sample_max_len must be >= 1, not {self.sample_max_len}")
+
+    @property
+    def truth_reward(self) -> bool:
+        """Whether self-critical training's reward also pays for the truth (scene_metrics.truth_counts)."""
+        return bool(self.scst_true_relation or self.scst_false_relation or self.scst_phantom)
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(backbone=self.backbone, image_size=self.image_size, stages=self.stages,
@@ -421,6 +440,9 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     if cfg.batch_size % dist.world:
         raise ValueError(f"the global batch size {cfg.batch_size} must divide evenly over {dist.world} processes")
+    if cfg.truth_reward and "train" not in source.objects:
+        raise ValueError(f"--scst-true-relation, --scst-false-relation and --scst-phantom check captions against "
+                         f"each training image's objects (the shapes world); {source.name} has none")
     if cfg.val_metric in SHAPES_METRICS and cfg.val_split not in source.objects:
         raise ValueError(f"--val-metric {cfg.val_metric} needs the objects of each image (the shapes world); "
                          f"{source.name} has none: use a caption metric ({', '.join(METRIC_KEYS)})")
@@ -642,4 +664,4 @@ def _checkpoint(run: _Run, epoch: int, history: list, best: dict, improved: bool
              scores["CIDEr"], "  *best*" if improved else "", entry["lr"], entry["seconds"])
 
 
-_LOGGED = ("ce", "reg", "reinforce", "entropy", "baseline", "reward", "greedy_reward", "sample_len")
+_LOGGED = ("ce", "reg", "reinforce", "entropy", "baseline", "reward", "greedy_reward", "truth", "sample_len")

@@ -6,6 +6,7 @@ The CIDEr-D reward itself is tested against pycocoevalcap in test_reward.py.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,6 +100,62 @@ def test_a_sample_that_beats_the_greedy_caption_becomes_likelier_after_one_step(
     assert (after > before) == better, (before, after)
 
 
+def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_caption():
+    """--scst-true-relation / --scst-false-relation / --scst-phantom: each caption's reward (samples and
+    greedy baseline alike) is its CIDEr-D + w_t x true relations - w_f x false ones - w_p x absent objects
+    named, counted against its own image's objects. A decoder taught three captions (one true relation, one
+    false, one phantom) samples all three kinds."""
+    from captioner.scene_metrics import truth_counts
+    from captioner.text import SPECIALS, Vocab
+
+    itos = [*SPECIALS, *"a red circle blue square green star to the left right of".split()]
+    vocab = Vocab(itos)
+    said = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
+            "a green star"]
+    objs = [{"colour": "red", "shape": "circle", "bbox": [10, 50, 20, 20]},  # the red circle is left of the square
+            {"colour": "blue", "shape": "square", "bbox": [150, 50, 20, 20]}]
+    torch.manual_seed(0)
+    dec = Decoder(DecoderConfig(vocab_size=len(itos), feature_dim=C, grid=(2, 3), embed_dim=16, attention_dim=8,
+                                hidden_dim=32, dropout=0.0))
+    f = feats(1, seed=5)
+    taught = torch.tensor([vocab.encode(c.split()) + [PAD_ID] * (10 - len(c.split())) for c in said])
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    for _ in range(150):
+        logits, _ = dec(f.expand(3, -1, -1), taught)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(itos)), taught[:, 1:].reshape(-1),
+                                                 ignore_index=PAD_ID)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    K, L = 12, 16
+
+    def step(weights: tuple[float, float, float]) -> dict:
+        cfg = TrainConfig(scst=True, scst_samples=K, sample_max_len=L, seed=6, scst_true_relation=weights[0],
+                          scst_false_relation=weights[1], scst_phantom=weights[2])
+        data = SimpleNamespace(captions=[[vocab.encode(c.split()) for c in said[:1]]], ds=SimpleNamespace(
+            image_ids=[42]))
+        run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
+                              model=SimpleNamespace(decoder=dec, cfg=SimpleNamespace(decoder=dec.cfg), vocab=vocab),
+                              net=SampledCaptions(dec), trainable=list(dec.parameters()), train_ds=data,
+                              source=SimpleNamespace(objects={"train": {42: objs, 7: []}}),
+                              optimizer=torch.optim.SGD(dec.parameters(), lr=0.0))  # the decoder stays as it is
+        return SelfCritical(run)(f, torch.tensor([[0]]), 0)
+
+    u = uniforms(6, 0, WORDS, 1, (K, L)).reshape(K, L)
+    samples = [vocab.decode_tokens(c) for c in words_of(SampledCaptions(dec)(f.expand(K, -1, -1), u)[0])]
+    greedy = vocab.decode_tokens(greedy_search(dec, f, L)[0].best.tokens)
+    counts = torch.tensor([truth_counts(c, objs) for c in samples], dtype=torch.float64)
+    assert (counts.sum(dim=0) > 0).all(), (samples, counts)  # true and false relations and phantoms among them
+    w = (1.0, 2.0, 0.5)
+    plain, paid = step((0.0, 0.0, 0.0)), step(w)
+    expected = (counts @ torch.tensor([w[0], -w[1], -w[2]], dtype=torch.float64)).mean().item()
+    assert "truth" not in plain and paid["truth"].item() == pytest.approx(expected, abs=1e-6)
+    assert (paid["reward"] - plain["reward"]).item() == pytest.approx(expected, abs=1e-5)
+    g = truth_counts(greedy, objs)
+    assert (paid["baseline"] - plain["baseline"]).item() == pytest.approx(w[0] * g[0] - w[1] * g[1] - w[2] * g[2],
+                                                                          abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def xe(world, tmp_path_factory):
     """A tiny cross-entropy model to start self-critical training from."""
@@ -169,6 +226,36 @@ def test_self_critical_needs_a_model_and_a_matching_stage(world, xe, tmp_path):
         train.main(train_args(world, tmp_path / "y", xe / "cache", 1, scst="true"))
     with pytest.raises(ValueError, match="is a xe run"):  # resuming a cross-entropy run as self-critical
         train.main(scst_args(world, xe, tmp_path / "z") + ["--resume", str(xe / "run" / "last.pt")])
+
+
+def test_truth_reward_goes_to_the_self_critical_stage_and_needs_the_scenes(world, xe, tmp_path):
+    """The truth weights are self-critical options: refused without --scst, or negative, or on data without
+    each image's objects; with --then-scst the cross-entropy stage runs without them and the second with them."""
+    import shutil
+
+    for bad, match in ((["--scst-phantom", "1"], "add --scst true"), (["--scst-true-relation", "-1"], "positive")):
+        with pytest.raises(SystemExit):
+            train.parse_args(train_args(world, tmp_path / "x", xe / "cache", 1) + bad)
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**{"scst": bad[0] != "--scst-phantom", bad[0][2:].replace("-", "_"): float(bad[1])})
+    karpathy = ["--karpathy-json", str(world / "dataset_shapes.json"), "--images", str(world / "images")]
+    with pytest.raises(ValueError, match="each training image.s objects"):  # a Karpathy-format file has captions, not the scenes' objects
+        train.main([a for a in scst_args(world, xe, tmp_path / "k", 1, scst_phantom=1) if a != "--shapes-dir"
+                    and a != str(world)] + karpathy)
+    out = tmp_path / "one"
+    shutil.copytree(xe / "run", out)  # the finished first stage: --resume auto goes on to the second
+    argv = train_args(world, out, xe / "cache", 4, scst_samples=4, sample_max_len=16, dropout=0) + [
+        "--then-scst", "1", "--scst-true-relation", "1", "--scst-false-relation", "2", "--scst-phantom", "1",
+        "--resume", "auto"]
+    args = train.parse_args(argv)
+    first = train.train_config(args)
+    second = train.second_stage(args, first)
+    assert (first.scst_true_relation, first.scst_false_relation, first.scst_phantom) == (0, 0, 0)
+    assert (second.scst_true_relation, second.scst_false_relation, second.scst_phantom) == (1, 2, 1)
+    summary = train.main(argv)
+    (entry,) = summary["history"]
+    assert entry["stage"] == "scst" and entry["truth"] != 0 and math.isfinite(entry["truth"])
+    assert yaml.safe_load((out / "scst" / "config.yaml").read_text())["scst_false_relation"] == 2
 
 
 def test_then_scst_is_the_two_commands_in_one(world, xe, tmp_path):
