@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Options of the self-critical stage only: with --then-scst the cross-entropy stage leaves them at 0.
-SCST_ONLY = ("scst_true_relation", "scst_false_relation", "scst_phantom")
+SCST_ONLY = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed")
 
 
 def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | None:

@@ -7,7 +7,8 @@
   bonus, and the expectation in place of the sample for a share of the captions.
 - `SelfCritical`: Rennie et al. 2017: captions sampled from the model, rewarded with CIDEr-D
   (document frequencies from the training references, computed once) and, on the shapes world,
-  optionally a truth term (true relation statements paid, false ones and absent objects charged),
+  optionally a truth term (true relation statements paid; false ones, absent objects named and
+  objects left out charged),
   minus a baseline (the greedy caption's reward, or the mean reward of the image's other samples).
 
 Each is made once per run (`make_objective`), is called as `objective(inputs, tokens, step)` and
@@ -173,11 +174,12 @@ class SelfCritical:
     r is CIDEr-D against the image's training references (document frequencies from all training
     references, once); b is the reward of the greedy caption (decoded in eval mode, no gradient:
     the model at test time) or, with baseline "mean", the mean reward of the image's other K-1
-    samples. With --scst-true-relation / --scst-false-relation / --scst-phantom (shapes world), r
-    also adds w_t x the caption's true relation statements and subtracts w_f x its false ones and
-    w_p x its mentions of absent objects (scene_metrics.truth_counts), for samples and greedy
-    caption alike. The loss is averaged over the sampled captions. With hard attention the sampled
-    locations are part of the policy: log p(w^s) includes their log alpha_t(s_t).
+    samples. With --scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed
+    (shapes world), r also adds w_t x the caption's true relation statements and subtracts w_f x
+    its false ones, w_p x its mentions of absent objects and w_m x the scene's objects it does not
+    name (scene_metrics.truth_counts), for samples and greedy caption alike. The loss is averaged
+    over the sampled captions. With hard attention the sampled locations are part of the policy:
+    log p(w^s) includes their log alpha_t(s_t).
     The batch's `tokens` are dataset indices (one row per image), from which the references come.
     """
 
@@ -191,7 +193,8 @@ class SelfCritical:
         self.cider = CiderD(self.refs)
         cfg = run.cfg
         # With a truth reward (shapes world): each image's objects, and the weights of truth_counts' three counts.
-        self.truth_weights = np.array([cfg.scst_true_relation, -cfg.scst_false_relation, -cfg.scst_phantom])
+        self.truth_weights = np.array([cfg.scst_true_relation, -cfg.scst_false_relation, -cfg.scst_phantom,
+                                       -cfg.scst_missed])
         self.objects = None
         if cfg.truth_reward:
             objects = run.source.objects["train"]
@@ -217,12 +220,12 @@ class SelfCritical:
         scores = self.cider.score_batch(words_of(tokens) + greedy_words,
                                         [ref for ref in refs for _ in range(K)] + (refs if greedy_words else []))
         truth = None
-        if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x absent objects named
+        if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x phantoms - w_m x misses
             scenes = [self.objects[k] for k in images]
             captions = [[self.itos[w] for w in c] for c in words_of(tokens) + greedy_words]
             counts = np.array([truth_counts(c, o) for c, o in
                                zip(captions, [o for o in scenes for _ in range(K)] + (scenes if greedy_words else []))],
-                              dtype=np.float64).reshape(-1, 3)
+                              dtype=np.float64).reshape(-1, 4)
             truth = counts @ self.truth_weights
             scores = scores + truth
         sample_r = scores[: B * K].reshape(B, K)

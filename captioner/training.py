@@ -153,6 +153,9 @@ class TrainConfig:
                                              "reward per relation statement false of its scene")
     scst_phantom: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward per "
                                       "mention of an object its scene does not have (CHAIR_i's mentions)")
+    scst_missed: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward per "
+                                     "object of its scene it does not name by colour and shape (object_recall's "
+                                     "misses)")
     # optimisation
     epochs: int = option(20, "epochs to train")
     batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")
@@ -231,7 +234,7 @@ class TrainConfig:
             raise ValueError("--recall-supervision weighs a term of the cross-entropy stage on cached features: "
                              "not with --scst or --fine-tune-encoder")
         truth = {"scst_true_relation": self.scst_true_relation, "scst_false_relation": self.scst_false_relation,
-                 "scst_phantom": self.scst_phantom}
+                 "scst_phantom": self.scst_phantom, "scst_missed": self.scst_missed}
         for name, w in truth.items():
             if w < 0:
                 raise ValueError(f"{name} must be 0 (off) or positive, not {w}")
@@ -244,7 +247,7 @@ class TrainConfig:
     @property
     def truth_reward(self) -> bool:
         """Whether self-critical training's reward also pays for the truth (scene_metrics.truth_counts)."""
-        return bool(self.scst_true_relation or self.scst_false_relation or self.scst_phantom)
+        return bool(self.scst_true_relation or self.scst_false_relation or self.scst_phantom or self.scst_missed)
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(backbone=self.backbone, image_size=self.image_size, stages=self.stages,
@@ -441,8 +444,8 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
     if cfg.batch_size % dist.world:
         raise ValueError(f"the global batch size {cfg.batch_size} must divide evenly over {dist.world} processes")
     if cfg.truth_reward and "train" not in source.objects:
-        raise ValueError(f"--scst-true-relation, --scst-false-relation and --scst-phantom check captions against "
-                         f"each training image's objects (the shapes world); {source.name} has none")
+        raise ValueError(f"--scst-true-relation, --scst-false-relation, --scst-phantom and --scst-missed check "
+                         f"captions against each training image's objects (the shapes world); {source.name} has none")
     if cfg.val_metric in SHAPES_METRICS and cfg.val_split not in source.objects:
         raise ValueError(f"--val-metric {cfg.val_metric} needs the objects of each image (the shapes world); "
                          f"{source.name} has none: use a caption metric ({', '.join(METRIC_KEYS)})")

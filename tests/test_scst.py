@@ -101,10 +101,10 @@ def test_a_sample_that_beats_the_greedy_caption_becomes_likelier_after_one_step(
 
 
 def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_caption():
-    """--scst-true-relation / --scst-false-relation / --scst-phantom: each caption's reward (samples and
-    greedy baseline alike) is its CIDEr-D + w_t x true relations - w_f x false ones - w_p x absent objects
-    named, counted against its own image's objects. A decoder taught three captions (one true relation, one
-    false, one phantom) samples all three kinds."""
+    """--scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed: each caption's reward
+    (samples and greedy baseline alike) is its CIDEr-D + w_t x true relations - w_f x false ones - w_p x absent
+    objects named - w_m x objects left out, counted against its own image's objects. A decoder taught three
+    captions (one true relation, one false, one phantom that leaves both objects out) samples every kind."""
     from captioner.scene_metrics import truth_counts
     from captioner.text import SPECIALS, Vocab
 
@@ -129,9 +129,9 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
         opt.step()
     K, L = 12, 16
 
-    def step(weights: tuple[float, float, float]) -> dict:
+    def step(weights: tuple[float, float, float, float]) -> dict:
         cfg = TrainConfig(scst=True, scst_samples=K, sample_max_len=L, seed=6, scst_true_relation=weights[0],
-                          scst_false_relation=weights[1], scst_phantom=weights[2])
+                          scst_false_relation=weights[1], scst_phantom=weights[2], scst_missed=weights[3])
         data = SimpleNamespace(captions=[[vocab.encode(c.split()) for c in said[:1]]], ds=SimpleNamespace(
             image_ids=[42]))
         run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
@@ -145,15 +145,16 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
     samples = [vocab.decode_tokens(c) for c in words_of(SampledCaptions(dec)(f.expand(K, -1, -1), u)[0])]
     greedy = vocab.decode_tokens(greedy_search(dec, f, L)[0].best.tokens)
     counts = torch.tensor([truth_counts(c, objs) for c in samples], dtype=torch.float64)
-    assert (counts.sum(dim=0) > 0).all(), (samples, counts)  # true and false relations and phantoms among them
-    w = (1.0, 2.0, 0.5)
-    plain, paid = step((0.0, 0.0, 0.0)), step(w)
-    expected = (counts @ torch.tensor([w[0], -w[1], -w[2]], dtype=torch.float64)).mean().item()
+    assert (counts.sum(dim=0) > 0).all(), (samples, counts)  # true and false relations, phantoms, misses
+    w = (1.0, 2.0, 0.5, 0.25)
+    plain, paid = step((0.0, 0.0, 0.0, 0.0)), step(w)
+    signed = torch.tensor([w[0], -w[1], -w[2], -w[3]], dtype=torch.float64)
+    expected = (counts @ signed).mean().item()
     assert "truth" not in plain and paid["truth"].item() == pytest.approx(expected, abs=1e-6)
     assert (paid["reward"] - plain["reward"]).item() == pytest.approx(expected, abs=1e-5)
     g = truth_counts(greedy, objs)
-    assert (paid["baseline"] - plain["baseline"]).item() == pytest.approx(w[0] * g[0] - w[1] * g[1] - w[2] * g[2],
-                                                                          abs=1e-5)
+    assert (paid["baseline"] - plain["baseline"]).item() == pytest.approx(
+        (torch.tensor(g, dtype=torch.float64) @ signed).item(), abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -239,19 +240,21 @@ def test_truth_reward_goes_to_the_self_critical_stage_and_needs_the_scenes(world
         with pytest.raises(ValueError, match=match):
             TrainConfig(**{"scst": bad[0] != "--scst-phantom", bad[0][2:].replace("-", "_"): float(bad[1])})
     karpathy = ["--karpathy-json", str(world / "dataset_shapes.json"), "--images", str(world / "images")]
-    with pytest.raises(ValueError, match="each training image.s objects"):  # a Karpathy-format file has captions, not the scenes' objects
+    # a Karpathy-format file has captions, not the scenes' objects
+    with pytest.raises(ValueError, match="each training image.s objects"):
         train.main([a for a in scst_args(world, xe, tmp_path / "k", 1, scst_phantom=1) if a != "--shapes-dir"
                     and a != str(world)] + karpathy)
     out = tmp_path / "one"
     shutil.copytree(xe / "run", out)  # the finished first stage: --resume auto goes on to the second
     argv = train_args(world, out, xe / "cache", 4, scst_samples=4, sample_max_len=16, dropout=0) + [
         "--then-scst", "1", "--scst-true-relation", "1", "--scst-false-relation", "2", "--scst-phantom", "1",
-        "--resume", "auto"]
+        "--scst-missed", "0.5", "--resume", "auto"]
     args = train.parse_args(argv)
     first = train.train_config(args)
     second = train.second_stage(args, first)
-    assert (first.scst_true_relation, first.scst_false_relation, first.scst_phantom) == (0, 0, 0)
-    assert (second.scst_true_relation, second.scst_false_relation, second.scst_phantom) == (1, 2, 1)
+    weights = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed")
+    assert [getattr(first, k) for k in weights] == [0, 0, 0, 0]
+    assert [getattr(second, k) for k in weights] == [1, 2, 1, 0.5]
     summary = train.main(argv)
     (entry,) = summary["history"]
     assert entry["stage"] == "scst" and entry["truth"] != 0 and math.isfinite(entry["truth"])
