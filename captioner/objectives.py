@@ -8,8 +8,8 @@
 - `SelfCritical`: Rennie et al. 2017: captions sampled from the model, rewarded with CIDEr-D
   (document frequencies from the training references, computed once) and, on the shapes world,
   optionally a truth term (true relation statements paid; false ones, absent objects named and
-  objects left out charged),
-  minus a baseline (the greedy caption's reward, or the mean reward of the image's other samples).
+  objects left out charged), minus a baseline (the greedy caption's reward, or the mean reward of
+  the image's other samples).
 
 Each is made once per run (`make_objective`), is called as `objective(inputs, tokens, step)` and
 returns named scalars (detached tensors) that the loop sums and logs; its own state (the hard
@@ -192,7 +192,7 @@ class SelfCritical:
         self.refs = [[_words(c) for c in caps] for caps in run.train_ds.captions]
         self.cider = CiderD(self.refs)
         cfg = run.cfg
-        # With a truth reward (shapes world): each image's objects, and the weights of truth_counts' three counts.
+        # With a truth reward (shapes world): each image's objects, and the signed weights of truth_counts' counts.
         self.truth_weights = np.array([cfg.scst_true_relation, -cfg.scst_false_relation, -cfg.scst_phantom,
                                        -cfg.scst_missed])
         self.objects = None
@@ -217,12 +217,13 @@ class SelfCritical:
         t1 = time.perf_counter()
         refs = [self.refs[k] for k in images]
         greedy_words = [g.best.tokens for g in greedy] if greedy is not None else []
-        scores = self.cider.score_batch(words_of(tokens) + greedy_words,
+        sampled = words_of(tokens)
+        scores = self.cider.score_batch(sampled + greedy_words,
                                         [ref for ref in refs for _ in range(K)] + (refs if greedy_words else []))
         truth = None
         if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x phantoms - w_m x misses
             scenes = [self.objects[k] for k in images]
-            captions = [[self.itos[w] for w in c] for c in words_of(tokens) + greedy_words]
+            captions = [[self.itos[w] for w in c] for c in sampled + greedy_words]
             counts = np.array([truth_counts(c, o) for c, o in
                                zip(captions, [o for o in scenes for _ in range(K)] + (scenes if greedy_words else []))],
                               dtype=np.float64).reshape(-1, 4)
