@@ -26,7 +26,7 @@ import yaml
 
 from captioner.atomic import atomic_write_text, exclusive
 from captioner.checkpoint import load_checkpoint
-from captioner.training import DECODER_OPTIONS, ENCODER_OPTIONS, TrainConfig
+from captioner.training import DECODER_OPTIONS, ENCODER_OPTIONS, TRUTH_WEIGHTS, TrainConfig
 from cli import add_data_args, add_options, data_source_rank0_first, setup_logging
 
 PRESETS = {
@@ -57,10 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Options of the self-critical stage only: with --then-scst the cross-entropy stage leaves them at 0.
-SCST_ONLY = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed")
-
-
 def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | None:
     """The --then-scst stage's config: self-critical training from the first stage's best.pt, in OUT/scst."""
     if not args.then_scst:
@@ -72,7 +68,7 @@ def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | No
     return replace(cfg, out=str(out), init_from=str(Path(cfg.out) / "best.pt"), scst=True, epochs=args.then_scst,
                    lr=args.then_scst_lr or 2e-4, warmup_steps=0, patience=0,
                    att_supervision=0.0, recall_supervision=0.0,  # terms of the cross-entropy stage
-                   **{k: getattr(args, k) for k in SCST_ONLY if getattr(args, k, None) is not None},
+                   **{k: getattr(args, k) for k in TRUTH_WEIGHTS if getattr(args, k, None) is not None},
                    resume="auto" if cfg.resume else None)  # a resumed command continues the stage cut short
 
 
@@ -110,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     if args.then_scst and not kw.get("scst"):  # a cross-entropy stage: second_stage gives these to the next one
-        for k in SCST_ONLY:
+        for k in TRUTH_WEIGHTS:
             kw.pop(k, None)
     return TrainConfig(**kw)
 

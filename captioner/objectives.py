@@ -36,6 +36,10 @@ from .scene_metrics import truth_counts
 from .search import search
 from .text import END_ID, PAD_ID, START_ID
 
+# TrainConfig's weights of the self-critical truth reward, in the order of scene_metrics.truth_counts' counts
+# (the first pays, the others charge).
+TRUTH_WEIGHTS = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed")
+
 
 def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, trainable: list, grad_clip: float) -> None:
     """Backward, clip the global gradient norm (0 or less: no clipping), step (through the fp16 GradScaler if any)."""
@@ -193,13 +197,12 @@ class SelfCritical:
         self.cider = CiderD(self.refs)
         cfg = run.cfg
         # With a truth reward (shapes world): each image's objects, and the signed weights of truth_counts' counts.
-        self.truth_weights = np.array([cfg.scst_true_relation, -cfg.scst_false_relation, -cfg.scst_phantom,
-                                       -cfg.scst_missed])
+        self.truth_weights = np.array([getattr(cfg, k) for k in TRUTH_WEIGHTS]) * np.array([1.0, -1.0, -1.0, -1.0])
         self.objects = None
         if cfg.truth_reward:
             objects = run.source.objects["train"]
             self.objects = [objects.get(i, []) for i in run.train_ds.ds.image_ids]
-            self.itos = run.model.vocab.itos
+            self.vocab = run.model.vocab
 
     def __call__(self, inputs: torch.Tensor, index: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         r, cfg, dist = self.run, self.run.cfg, self.run.dist
@@ -215,18 +218,18 @@ class SelfCritical:
         with autocast(inputs.device, r.dtype):
             tokens, logp, loc_logp, _ = r.net(inputs.repeat_interleave(K, dim=0), u, locs)
         t1 = time.perf_counter()
-        refs = [self.refs[k] for k in images]
         greedy_words = [g.best.tokens for g in greedy] if greedy is not None else []
-        sampled = words_of(tokens)
-        scores = self.cider.score_batch(sampled + greedy_words,
-                                        [ref for ref in refs for _ in range(K)] + (refs if greedy_words else []))
+        captions = words_of(tokens) + greedy_words  # the K samples of each image, then its greedy caption
+
+        def per_caption(per_image: list) -> list:  # one entry per image -> one per caption above
+            return [x for x in per_image for _ in range(K)] + (per_image if greedy_words else [])
+
+        scores = self.cider.score_batch(captions, per_caption([self.refs[k] for k in images]))
         truth = None
         if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x phantoms - w_m x misses
-            scenes = [self.objects[k] for k in images]
-            captions = [[self.itos[w] for w in c] for c in sampled + greedy_words]
-            counts = np.array([truth_counts(c, o) for c, o in
-                               zip(captions, [o for o in scenes for _ in range(K)] + (scenes if greedy_words else []))],
-                              dtype=np.float64).reshape(-1, 4)
+            scenes = per_caption([self.objects[k] for k in images])
+            counts = np.array([truth_counts(self.vocab.decode_tokens(c), o) for c, o in zip(captions, scenes)],
+                              dtype=np.float64).reshape(-1, len(TRUTH_WEIGHTS))
             truth = counts @ self.truth_weights
             scores = scores + truth
         sample_r = scores[: B * K].reshape(B, K)

@@ -51,7 +51,12 @@ from .features import (
 )
 from .metrics import METRIC_KEYS
 from .model import Captioner
-from .objectives import make_objective, optimisation_step, policy_net  # noqa: F401 (optimisation_step: bench)
+from .objectives import (  # noqa: F401 (optimisation_step: bench)
+    TRUTH_WEIGHTS,
+    make_objective,
+    optimisation_step,
+    policy_net,
+)
 from .options import option
 from .runtime import (
     amp_dtype,
@@ -233,9 +238,8 @@ class TrainConfig:
         if self.recall_supervision and (self.scst or self.fine_tune_encoder):
             raise ValueError("--recall-supervision weighs a term of the cross-entropy stage on cached features: "
                              "not with --scst or --fine-tune-encoder")
-        truth = {"scst_true_relation": self.scst_true_relation, "scst_false_relation": self.scst_false_relation,
-                 "scst_phantom": self.scst_phantom, "scst_missed": self.scst_missed}
-        for name, w in truth.items():
+        for name in TRUTH_WEIGHTS:
+            w = getattr(self, name)
             if w < 0:
                 raise ValueError(f"{name} must be 0 (off) or positive, not {w}")
             if w and not self.scst:
@@ -247,7 +251,7 @@ class TrainConfig:
     @property
     def truth_reward(self) -> bool:
         """Whether self-critical training's reward also pays for the truth (scene_metrics.truth_counts)."""
-        return bool(self.scst_true_relation or self.scst_false_relation or self.scst_phantom or self.scst_missed)
+        return any(getattr(self, name) for name in TRUTH_WEIGHTS)
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(backbone=self.backbone, image_size=self.image_size, stages=self.stages,
@@ -444,8 +448,9 @@ def _build(cfg: TrainConfig, source: DataSource, dist: Dist, resume_path: str | 
     if cfg.batch_size % dist.world:
         raise ValueError(f"the global batch size {cfg.batch_size} must divide evenly over {dist.world} processes")
     if cfg.truth_reward and "train" not in source.objects:
-        raise ValueError(f"--scst-true-relation, --scst-false-relation, --scst-phantom and --scst-missed check "
-                         f"captions against each training image's objects (the shapes world); {source.name} has none")
+        given = ", ".join("--" + k.replace("_", "-") for k in TRUTH_WEIGHTS if getattr(cfg, k))
+        raise ValueError(f"{given} check captions against each training image's objects (the shapes world); "
+                         f"{source.name} has none")
     if cfg.val_metric in SHAPES_METRICS and cfg.val_split not in source.objects:
         raise ValueError(f"--val-metric {cfg.val_metric} needs the objects of each image (the shapes world); "
                          f"{source.name} has none: use a caption metric ({', '.join(METRIC_KEYS)})")
