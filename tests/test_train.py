@@ -285,6 +285,31 @@ def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one(tmp_
         train.parse_args(["--preset", "shapes", "--config", str(cfg), "--scst", "true"])
 
 
+def test_the_presets_truth_reward_goes_to_its_self_critical_stage_only(tmp_path):
+    """The preset's truth weights and learning rate reach its self-critical stage, never its cross-entropy run;
+    they are left out where there is no such stage or the data is not the shapes world, while the same options
+    given by the user are still checked."""
+    from captioner.training import TRUTH_WEIGHTS
+
+    args = train.parse_args(["--preset", "shapes"])
+    xe = train.train_config(args)
+    scst = train.second_stage(args, xe)
+    assert not xe.truth_reward and scst.truth_reward and scst.lr == 5e-4
+    assert [getattr(scst, k) for k in TRUTH_WEIGHTS] == [train.PRESETS["shapes"][k] for k in TRUTH_WEIGHTS]
+    alone = train.train_config(train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"]))
+    assert alone.truth_reward  # the preset's stage run on its own
+    for argv in (["--then-scst", "0"], ["--data", "coco"]):
+        args = train.parse_args(["--preset", "shapes", *argv])
+        stages = [train.train_config(args), train.second_stage(args, train.train_config(args))]
+        assert not any(s is not None and s.truth_reward for s in stages), argv
+    with pytest.raises(SystemExit):  # asked for by the user: refused as before
+        train.parse_args(["--preset", "shapes", "--then-scst", "0", "--scst-phantom", "1"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scst_missed: 3\n")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "shapes", "--then-scst", "0", "--config", str(cfg)])
+
+
 def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path, capsys):
     """--att-supervision: the supervised run's attention mass on its targets rises, and beats that of the same
     run with a vanishing weight (which logs the same term without learning from it); the dataset's target rows
