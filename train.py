@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the run, this many epochs of self-critical training (--scst) from its best.pt, in "
                         "OUT/scst: the same options otherwise, at --then-scst-lr, no warm-up, no early stop; "
                         "--resume auto continues whichever stage was cut short (default 0: none)")
-    s.add_argument("--then-scst-lr", type=float, metavar="LR", help="learning rate of that stage (default 2e-4)")
+    s.add_argument("--then-scst-lr", type=float, metavar="LR",
+                   help="learning rate of that stage (default 2e-4; --preset shapes: 5e-4)")
     return p
 
 

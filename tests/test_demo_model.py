@@ -29,21 +29,23 @@ def test_metrics(tmp_path_factory):
 
 
 def test_demo_model_meets_the_floors(test_metrics):
-    """Floors the committed model holds with a margin (README, "Results: the demo model").
+    """Floors the committed model holds (README, "Results: the demo model").
 
-    The model-quality issue's floors (scene accuracy >= 0.90, CHAIR_i <= 0.05, relation_rate >= 0.20
-    with relation accuracy >= 0.80 on test) are not reached yet: the README says by how much (this
-    model, 14 cross-entropy epochs and one self-critical one, states no relation at all).
+    Of the model-quality issue's floors on test, scene accuracy >= 0.90 holds (0.903: three images
+    of margin, on two kinds of CPU the same); CHAIR_i <= 0.05 (0.053) and relation_rate >= 0.20 with
+    relation accuracy >= 0.80 are not reached (this model, 14 cross-entropy epochs and one
+    self-critical one with the truth reward, states no relation at all), so the floors below are
+    this model's with a margin, as the README says.
     """
     result, out = test_metrics
     m = result["metrics"]
     assert result["info"]["split"] == "test" and result["info"]["beam"] == 3
     assert result["info"]["images"] == 1000
-    assert m["BLEU-4"] >= 0.75, m
-    assert m["scene_accuracy"] >= 0.85, m
-    assert m["object_recall"] >= 0.89, m
-    assert m["CHAIR_i"] <= 0.09, m
-    assert m["grounding"] >= 0.55 and m["grounding"] >= 5 * m["grounding_chance"], m
+    assert m["BLEU-4"] >= 0.77, m
+    assert m["scene_accuracy"] >= 0.90, m
+    assert m["object_recall"] >= 0.91, m
+    assert m["CHAIR_i"] <= 0.065, m
+    assert m["grounding"] >= 0.60 and m["grounding"] >= 5 * m["grounding_chance"], m
     saved = json.loads((out / "metrics_test_beam3.json").read_text())
     assert saved["metrics"]["BLEU-4"] == pytest.approx(m["BLEU-4"])
 
@@ -51,7 +53,7 @@ def test_demo_model_meets_the_floors(test_metrics):
 def test_demo_model_on_unseen_colour_shape_pairs(tmp_path):
     result = evaluate.main(["--split", "test_novel", "--out", str(tmp_path), "--no-progress", "--no-meteor"])
     assert result["info"]["images"] == 1000
-    assert result["metrics"]["scene_accuracy"] >= 0.55, result["metrics"]
+    assert result["metrics"]["scene_accuracy"] >= 0.60, result["metrics"]  # 0.643; the issue's floor 0.70 is not met
 
 
 def test_demo_model_captions_a_shapes_image_sensibly(test_metrics):  # the fixture made sure the world exists
