@@ -32,7 +32,7 @@ def test_demo_model_meets_the_floors(test_metrics):
     """Floors the committed model holds (README, "Results: the demo model").
 
     Of the model-quality issue's floors on test, scene accuracy >= 0.90 holds (0.903: three images
-    of margin, on two kinds of CPU the same); CHAIR_i <= 0.05 (0.053) and relation_rate >= 0.20 with
+    of margin); CHAIR_i <= 0.05 (0.053) and relation_rate >= 0.20 with
     relation accuracy >= 0.80 are not reached (this model, 14 cross-entropy epochs and one
     self-critical one with the truth reward, states no relation at all), so the floors below are
     this model's with a margin, as the README says.
