@@ -39,6 +39,9 @@ PRESETS = {
                "then_scst_lr": 5e-4, "scst_true_relation": 1.0, "scst_false_relation": 2.0, "scst_phantom": 1.0,
                "scst_missed": 2.0},
 }
+# The preset's self-critical stage as it was before the truth reward: CIDEr-D alone at 2e-4. What the ablation
+# table and the quality sweep measured (bench/), and keep measuring, on top of --preset shapes.
+CIDER_D_STAGE = ["--then-scst-lr", "2e-4", *(x for k in TRUTH_WEIGHTS for x in ("--" + k.replace("_", "-"), "0"))]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

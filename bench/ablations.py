@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from captioner.atomic import atomic_write_text  # noqa: E402
+from train import CIDER_D_STAGE  # noqa: E402
 
 BASE = {  # name -> train.py options on top of --preset shapes
     "none": ["--attention", "none"],
@@ -90,6 +91,7 @@ class Ablations:
         a = self.a
         return ["--preset", "shapes", "--seed", str(seed), "--device", a.device, "--resume", "auto", "--no-progress",
                 "--then-scst", "0",  # the preset's own self-critical epoch: the staged variants do theirs
+                *CIDER_D_STAGE,  # ... with CIDEr-D alone, as the table says
                 "--cache-dir", a.cache_dir, *(["--shapes-dir", a.shapes_dir] if a.shapes_dir else []),
                 *a.train_args.split()]
 

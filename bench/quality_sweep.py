@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             out = run / "scst" if "--then-scst" in opts else run  # where the model to score is
             if not args.report_only and not (out / "summary.json").is_file():
                 train.main(["--preset", "shapes", "--out", str(run), "--epochs", str(args.epochs), "--seed", str(seed),
-                            "--resume", "auto", "--no-progress", "--then-scst", "0", *opts])
+                            "--resume", "auto", "--no-progress", "--then-scst", "0", *train.CIDER_D_STAGE, *opts])
             for split in SPLITS:
                 metrics = out / "eval" / f"metrics_{split}_beam3.json"
                 if not args.report_only and (out / "best.pt").is_file() and (args.rescore or not metrics.is_file()):

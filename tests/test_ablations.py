@@ -7,11 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import ablations  # noqa: E402
 
+from captioner.objectives import TRUTH_WEIGHTS  # noqa: E402
 from tiny import make_world  # noqa: E402
 
 TINY_MODEL = ("--embed-dim 16 --attention-dim 16 --hidden-dim 32 --min-count 1 --batch-size 16 --val-beam 1 "
@@ -36,6 +39,8 @@ def test_ablation_table_runs_each_stage_once_and_reports_every_variant(tmp_path)
     assert [h["stage"] for h in hard] == ["scst"]
     cfg = (ab / "hard+scst-s1" / "config.yaml").read_text()
     assert f"init_from: {ab / 'hard-s1' / 'best.pt'}" in cfg
+    truth = {k: v for k, v in yaml.safe_load(cfg).items() if k in TRUTH_WEIGHTS}
+    assert truth == dict.fromkeys(TRUTH_WEIGHTS, 0.0), truth  # the table's SCST is CIDEr-D alone, not the preset's
     xe = json.loads((ab / "soft+xe-s1" / "summary.json").read_text())["history"]
     assert [h["stage"] for h in xe] == ["xe"] * len(xe) and len(xe) == ablations.Ablations(
         ablations.argparse.Namespace(out=str(ab), jobs=1))._equal_time_epochs(1)
