@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.preset and ((not args.scst and not args.then_scst) or args.data not in (None, "shapes")):
         # The preset's truth weights belong to its self-critical stage on the shapes world: without that
         # stage, or on other data, they are left out (the same options given by the user are still checked).
-        for k in set(TRUTH_WEIGHTS) & set(PRESETS[args.preset]) - set(loaded) - given:
+        for k in set(TRUTH_WEIGHTS) & (set(PRESETS[args.preset]) - set(loaded) - given):
             setattr(args, k, None)
     if args.then_scst is not None and args.then_scst < 0:
         parser.error(f"--then-scst must be 0 or more epochs, not {args.then_scst}")
