@@ -36,9 +36,10 @@ from .scene_metrics import truth_counts
 from .search import search
 from .text import END_ID, PAD_ID, START_ID
 
-# TrainConfig's weights of the self-critical truth reward, in the order of scene_metrics.truth_counts' counts
-# (the first pays, the others charge).
-TRUTH_WEIGHTS = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed")
+# TrainConfig's weights of the self-critical truth reward, in the order of scene_metrics.truth_counts' counts,
+# and their signs: the first pays, the others charge.
+TRUTH_WEIGHTS = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed", "scst_wrong_count")
+TRUTH_SIGNS = (1.0, -1.0, -1.0, -1.0, -1.0)
 
 
 def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, trainable: list, grad_clip: float) -> None:
@@ -178,12 +179,13 @@ class SelfCritical:
     r is CIDEr-D against the image's training references (document frequencies from all training
     references, once); b is the reward of the greedy caption (decoded in eval mode, no gradient:
     the model at test time) or, with baseline "mean", the mean reward of the image's other K-1
-    samples. With --scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed
-    (shapes world), r also adds w_t x the caption's true relation statements and subtracts w_f x
-    its false ones, w_p x its mentions of absent objects and w_m x the scene's objects it does not
-    name (scene_metrics.truth_counts), for samples and greedy caption alike. The loss is averaged
-    over the sampled captions. With hard attention the sampled locations are part of the policy:
-    log p(w^s) includes their log alpha_t(s_t).
+    samples. With --scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed /
+    --scst-wrong-count (shapes world), r also adds w_t x the caption's true relation statements and
+    subtracts w_f x its false ones, w_p x its mentions of absent objects, w_m x the scene's objects
+    it does not name and w_c x the numbers it states wrong (scene_metrics.truth_counts), for
+    samples and greedy caption alike. The loss is averaged over the sampled captions. With hard
+    attention the sampled locations are part of the policy: log p(w^s) includes their log
+    alpha_t(s_t).
     The batch's `tokens` are dataset indices (one row per image), from which the references come.
     """
 
@@ -197,7 +199,7 @@ class SelfCritical:
         self.cider = CiderD(self.refs)
         cfg = run.cfg
         # With a truth reward (shapes world): each image's objects, and the signed weights of truth_counts' counts.
-        self.truth_weights = np.array([getattr(cfg, k) for k in TRUTH_WEIGHTS]) * np.array([1.0, -1.0, -1.0, -1.0])
+        self.truth_weights = np.array([getattr(cfg, k) for k in TRUTH_WEIGHTS]) * np.array(TRUTH_SIGNS)
         self.objects = None
         if cfg.truth_reward:
             objects = run.source.objects["train"]

@@ -15,7 +15,8 @@ This module owns:
 * the metrics: `scene_accuracy`, `hallucination` (CHAIR_i, CHAIR_s of Rohrbach et al. 2018,
   object_recall, count_error_rate), `relation_accuracy`, `position_accuracy`,
   `box_coverage_grid` and `attention_grounding`; per caption, `truth_counts` (true and false
-  relation statements, absent objects named, objects missed: self-critical training's truth reward).
+  relation statements, absent objects named, objects missed, numbers stated wrong: self-critical
+  training's truth reward).
 * `shapes_scores`, the one entry that computes every shapes-world score with its description
   (what evaluation reports), and `SHAPES_METRICS`, the ones training can select best.pt by.
 
@@ -305,17 +306,21 @@ def statement_holds(st: Statement, objs: Sequence[Mapping]) -> bool:
     return False
 
 
-def truth_counts(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> tuple[int, int, int, int]:
+def truth_counts(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> tuple[int, int, int, int, int]:
     """(true relation statements, false relation statements, mentions of absent objects, objects
-    not named) of one caption about a scene with objects `objs`: what a reward that pays for the
-    truth counts (objectives.SelfCritical's --scst-true-relation, --scst-false-relation,
-    --scst-phantom, --scst-missed). They are the statements relation_accuracy checks, the
-    mentions CHAIR_i counts and the objects object_recall misses (by colour and shape)."""
+    not named, numbers stated wrong) of one caption about a scene with objects `objs`: what a
+    reward that pays for the truth counts (objectives.SelfCritical's --scst-true-relation,
+    --scst-false-relation, --scst-phantom, --scst-missed, --scst-wrong-count). They are the
+    statements relation_accuracy checks, the mentions CHAIR_i counts, the objects object_recall
+    misses (by colour and shape) and the numbers count_error_rate finds wrong ("three shapes"
+    before two objects named; "two red circles" where there is one)."""
     toks = _tokens(caption)
+    phrases = noun_phrases(toks)
     held = [statement_holds(st, objs) for st in relation_statements(toks)]
     stated, truth = parse_objects(toks), Counter(_object_key(o) for o in objs)
     missed = sum(k - min(k, stated[key]) for key, k in truth.items())
-    return sum(held), len(held) - sum(held), sum(not _matches(p, objs) for p in noun_phrases(toks)), missed
+    return (sum(held), len(held) - sum(held), sum(not _matches(p, objs) for p in phrases), missed,
+            sum(_count_errors(toks, phrases, objs)))
 
 
 def scene_accuracy(

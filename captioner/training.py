@@ -161,6 +161,9 @@ class TrainConfig:
     scst_missed: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward per "
                                      "object of its scene it does not name by colour and shape (object_recall's "
                                      "misses)")
+    scst_wrong_count: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward "
+                                          "per number it states wrong ('three shapes' before two objects; "
+                                          "count_error_rate's errors)")
     # optimisation
     epochs: int = option(20, "epochs to train")
     batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")

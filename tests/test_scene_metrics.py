@@ -473,19 +473,26 @@ def test_relation_statements_and_their_truth(objs, caption, expected):
     true = sum(row[-1] for row in rows)  # the truth reward's counts: the same statements, the same checks
     h = S.hallucination({1: caption}, {1: objs})
     named = round(h["object_recall"] * len(objs)) if objs else 0
-    assert S.truth_counts(caption, objs) == (true, len(rows) - true, h["hallucinated_mentions"], len(objs) - named)
+    counts = S.truth_counts(caption, objs)
+    assert counts[:4] == (true, len(rows) - true, h["hallucinated_mentions"], len(objs) - named)
+    assert bool(counts[4]) == (h["count_error_rate"] == 1.0)  # one caption: wrong numbers make it miscount
 
 
 @pytest.mark.parametrize("caption, expected", [
-    ("a red circle to the left of a blue square", (1, 0, 0, 0)),
-    ("a red circle to the right of a blue square", (0, 1, 0, 0)),
-    ("a green star to the left of a blue square", (0, 1, 1, 1)),  # about an absent object: false, and a phantom
-    ("a red circle and a green star and a purple star", (0, 0, 2, 1)),
-    ("a blue square with a red circle to its left and a green star above it", (1, 1, 1, 0)),
-    ("a circle and a blue square", (0, 0, 0, 1)),  # a circle without its colour does not name the red circle
-    ("", (0, 0, 0, 2)),
+    ("a red circle to the left of a blue square", (1, 0, 0, 0, 0)),
+    ("a red circle to the right of a blue square", (0, 1, 0, 0, 0)),
+    ("a green star to the left of a blue square", (0, 1, 1, 1, 0)),  # about an absent object: false, and a phantom
+    ("a red circle and a green star and a purple star", (0, 0, 2, 1, 0)),
+    ("a blue square with a red circle to its left and a green star above it", (1, 1, 1, 0, 0)),
+    ("a circle and a blue square", (0, 0, 0, 1, 0)),  # a circle without its colour does not name the red circle
+    ("", (0, 0, 0, 2, 0)),
+    ("two shapes a red circle and a blue square", (0, 0, 0, 0, 0)),
+    ("three shapes a red circle and a blue square", (0, 0, 0, 0, 1)),  # the self-critical models' slip
+    ("two red circles and a blue square", (0, 0, 0, 0, 1)),  # one red circle: a wrong number, not a phantom
+    ("three shapes two red circles and a blue square", (0, 0, 0, 0, 2)),
+    ("one shape a red circle", (0, 0, 0, 1, 1)),
 ])
-def test_truth_counts_pay_true_relations_and_count_false_ones_phantoms_and_misses(caption, expected):
+def test_truth_counts_pay_true_relations_and_count_false_ones_phantoms_misses_and_wrong_numbers(caption, expected):
     assert S.truth_counts(caption, TWO) == expected
     assert S.truth_counts(caption.split(), TWO) == expected
 
@@ -590,7 +597,7 @@ def test_references_read_back_as_true(references):
         templates[template] += 1
         stated = S.relation_statements(caption)
         assert all(S.statement_holds(st, objs) for st in stated), caption
-        assert S.truth_counts(caption, objs) == (len(stated), 0, 0, 0), caption  # the truth reward's best
+        assert S.truth_counts(caption, objs) == (len(stated), 0, 0, 0, 0), caption  # the truth reward's best
         # every relation-bearing caption is read in full: n - 1 statements, of its template's form
         expected_form = template.split()[0] if template and template != "position" else None
         assert [st.form for st in stated] == [expected_form] * (n - 1 if expected_form else 0), caption

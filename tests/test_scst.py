@@ -20,7 +20,7 @@ from test_ddp import torchrun
 import train
 from captioner.checkpoint import load_checkpoint
 from captioner.decoder import Decoder, DecoderConfig
-from captioner.objectives import SelfCritical
+from captioner.objectives import TRUTH_SIGNS, TRUTH_WEIGHTS, SelfCritical
 from captioner.sampling import WORDS, SampledCaptions, uniforms, words_of
 from captioner.search import BLOCKED, greedy_search
 from captioner.text import END_ID, PAD_ID, START_ID
@@ -101,17 +101,18 @@ def test_a_sample_that_beats_the_greedy_caption_becomes_likelier_after_one_step(
 
 
 def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_caption():
-    """--scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed: each caption's reward
-    (samples and greedy baseline alike) is its CIDEr-D + w_t x true relations - w_f x false ones - w_p x absent
-    objects named - w_m x objects left out, counted against its own image's objects. A decoder taught three
-    captions (one true relation, one false, one phantom that leaves both objects out) samples every kind."""
+    """--scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed / --scst-wrong-count: each
+    caption's reward (samples and greedy baseline alike) is its CIDEr-D + w_t x true relations - w_f x false ones
+    - w_p x absent objects named - w_m x objects left out - w_c x numbers stated wrong, counted against its own
+    image's objects. A decoder taught four captions (one true relation, one false, one phantom that leaves both
+    objects out, one wrong total) samples every kind."""
     from captioner.scene_metrics import truth_counts
     from captioner.text import SPECIALS, Vocab
 
-    itos = [*SPECIALS, *"a red circle blue square green star to the left right of".split()]
+    itos = [*SPECIALS, *"a red circle blue square green star to the left right of three shapes".split()]
     vocab = Vocab(itos)
     said = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
-            "a green star"]
+            "a green star", "three shapes a red circle"]
     objs = [{"colour": "red", "shape": "circle", "bbox": [10, 50, 20, 20]},  # the red circle is left of the square
             {"colour": "blue", "shape": "square", "bbox": [150, 50, 20, 20]}]
     torch.manual_seed(0)
@@ -121,7 +122,7 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
     taught = torch.tensor([vocab.encode(c.split()) + [PAD_ID] * (10 - len(c.split())) for c in said])
     opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
     for _ in range(150):
-        logits, _ = dec(f.expand(3, -1, -1), taught)
+        logits, _ = dec(f.expand(len(said), -1, -1), taught)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(itos)), taught[:, 1:].reshape(-1),
                                                  ignore_index=PAD_ID)
         opt.zero_grad()
@@ -129,9 +130,8 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
         opt.step()
     K, L = 12, 16
 
-    def step(weights: tuple[float, float, float, float]) -> dict:
-        cfg = TrainConfig(scst=True, scst_samples=K, sample_max_len=L, seed=6, scst_true_relation=weights[0],
-                          scst_false_relation=weights[1], scst_phantom=weights[2], scst_missed=weights[3])
+    def step(weights: tuple[float, ...]) -> dict:
+        cfg = TrainConfig(scst=True, scst_samples=K, sample_max_len=L, seed=6, **dict(zip(TRUTH_WEIGHTS, weights)))
         data = SimpleNamespace(captions=[[vocab.encode(c.split()) for c in said[:1]]], ds=SimpleNamespace(
             image_ids=[42]))
         run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
@@ -145,10 +145,10 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
     samples = [vocab.decode_tokens(c) for c in words_of(SampledCaptions(dec)(f.expand(K, -1, -1), u)[0])]
     greedy = vocab.decode_tokens(greedy_search(dec, f, L)[0].best.tokens)
     counts = torch.tensor([truth_counts(c, objs) for c in samples], dtype=torch.float64)
-    assert (counts.sum(dim=0) > 0).all(), (samples, counts)  # true and false relations, phantoms, misses
-    w = (1.0, 2.0, 0.5, 0.25)
-    plain, paid = step((0.0, 0.0, 0.0, 0.0)), step(w)
-    signed = torch.tensor([w[0], -w[1], -w[2], -w[3]], dtype=torch.float64)
+    assert (counts.sum(dim=0) > 0).all(), (samples, counts)  # true and false relations, phantoms, misses, numbers
+    w = (1.0, 2.0, 0.5, 0.25, 0.75)
+    plain, paid = step((0.0,) * 5), step(w)
+    signed = torch.tensor(w, dtype=torch.float64) * torch.tensor(TRUTH_SIGNS, dtype=torch.float64)
     expected = (counts @ signed).mean().item()
     assert "truth" not in plain and paid["truth"].item() == pytest.approx(expected, abs=1e-6)
     assert (paid["reward"] - plain["reward"]).item() == pytest.approx(expected, abs=1e-5)
@@ -252,9 +252,8 @@ def test_truth_reward_goes_to_the_self_critical_stage_and_needs_the_scenes(world
     args = train.parse_args(argv)
     first = train.train_config(args)
     second = train.second_stage(args, first)
-    weights = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed")
-    assert [getattr(first, k) for k in weights] == [0, 0, 0, 0]
-    assert [getattr(second, k) for k in weights] == [1, 2, 1, 0.5]
+    assert [getattr(first, k) for k in TRUTH_WEIGHTS] == [0, 0, 0, 0, 0]
+    assert [getattr(second, k) for k in TRUTH_WEIGHTS] == [1, 2, 1, 0.5, 0]
     summary = train.main(argv)
     (entry,) = summary["history"]
     assert entry["stage"] == "scst" and entry["truth"] != 0 and math.isfinite(entry["truth"])
