@@ -269,11 +269,11 @@ def test_the_same_run_in_another_folder_exports_the_same_file(world, tmp_path, m
     assert exported[0] == exported[1]
 
 
-def test_the_preset_ends_with_its_self_critical_epoch_unless_the_run_is_one(tmp_path):
-    """`--preset shapes` is cross-entropy then one self-critical epoch (the demo model's recipe); a
+def test_the_preset_ends_with_its_self_critical_epochs_unless_the_run_is_one(tmp_path):
+    """`--preset shapes` is cross-entropy then two self-critical epochs (the demo model's recipe); a
     self-critical run started on the preset's options is that stage itself, and --then-scst 0 stops early.
     Asking for a stage after a self-critical run is still refused."""
-    assert train.parse_args(["--preset", "shapes"]).then_scst == 1
+    assert train.parse_args(["--preset", "shapes"]).then_scst == 2
     assert train.parse_args(["--preset", "shapes", "--then-scst", "0"]).then_scst == 0
     args = train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"])
     assert args.then_scst == 0 and train.train_config(args).scst
@@ -295,7 +295,7 @@ def test_the_presets_truth_reward_goes_to_its_self_critical_stage_only(tmp_path)
     xe = train.train_config(args)
     scst = train.second_stage(args, xe)
     assert not xe.truth_reward and scst.truth_reward and scst.lr == 5e-4
-    assert [getattr(scst, k) for k in TRUTH_WEIGHTS] == [train.PRESETS["shapes"][k] for k in TRUTH_WEIGHTS]
+    assert [getattr(scst, k) for k in TRUTH_WEIGHTS] == [train.PRESETS["shapes"].get(k, 0.0) for k in TRUTH_WEIGHTS]
     alone = train.train_config(train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"]))
     assert alone.truth_reward  # the preset's stage run on its own
     for argv in (["--then-scst", "0"], ["--data", "coco"]):
