@@ -315,12 +315,9 @@ def truth_counts(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> tuple
     misses (by colour and shape) and the numbers count_error_rate finds wrong ("three shapes"
     before two objects named; "two red circles" where there is one)."""
     toks = _tokens(caption)
-    phrases = noun_phrases(toks)
     held = [statement_holds(st, objs) for st in relation_statements(toks)]
-    stated, truth = parse_objects(toks), Counter(_object_key(o) for o in objs)
-    missed = sum(k - min(k, stated[key]) for key, k in truth.items())
-    return (sum(held), len(held) - sum(held), sum(not _matches(p, objs) for p in phrases), missed,
-            sum(_count_errors(toks, phrases, objs)))
+    _, absent, named, errors = _object_truth(toks, objs)
+    return sum(held), len(held) - sum(held), absent, len(objs) - named, sum(errors)
 
 
 def scene_accuracy(
@@ -361,6 +358,16 @@ def _count_errors(toks: list[str], phrases: list[Phrase], objs: Sequence[Mapping
     return wrong
 
 
+def _object_truth(toks: list[str], objs: Sequence[Mapping]) -> tuple[list[Phrase], int, int, list[bool]]:
+    """What one tokenised caption says of a scene's objects, as hallucination and truth_counts both
+    count it: its noun phrases, how many of them match no object, how many of the objects it names
+    by colour and shape (min(objects, number named) per colour-shape) and _count_errors."""
+    phrases = noun_phrases(toks)
+    stated, truth = parse_objects(toks), Counter(_object_key(o) for o in objs)
+    named = sum(min(k, stated[key]) for key, k in truth.items())
+    return phrases, sum(not _matches(p, objs) for p in phrases), named, _count_errors(toks, phrases, objs)
+
+
 def hallucination(predictions: Mapping[Any, Any], objects: Mapping[Any, Sequence[Mapping]]) -> dict[str, Any]:
     """What captions name that is not there, and what they leave out or miscount.
 
@@ -374,14 +381,9 @@ def hallucination(predictions: Mapping[Any, Any], objects: Mapping[Any, Sequence
     _check_same_ids(predictions, objects, "predictions", "objects")
     n: Counter = Counter()
     for img_id, objs in objects.items():
-        toks = _tokens(predictions[img_id])
-        phrases = noun_phrases(toks)
-        absent = sum(not _matches(p, objs) for p in phrases)
-        stated, truth = parse_objects(toks), Counter(_object_key(o) for o in objs)
-        errors = _count_errors(toks, phrases, objs)
+        phrases, absent, named, errors = _object_truth(_tokens(predictions[img_id]), objs)
         n.update(mentions=len(phrases), hallucinated=absent, bad_captions=absent > 0, objects=len(objs),
-                 named=sum(min(k, stated[key]) for key, k in truth.items()), stating=bool(errors),
-                 miscounting=any(errors))
+                 named=named, stating=bool(errors), miscounting=any(errors))
     nan = float("nan")
     return {"CHAIR_i": n["hallucinated"] / n["mentions"] if n["mentions"] else nan,
             "CHAIR_s": n["bad_captions"] / len(objects) if objects else nan,
