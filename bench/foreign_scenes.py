@@ -336,7 +336,7 @@ def score(predictions: Mapping[int, str], objects: Mapping[int, Sequence[Mapping
     """The figures of a set of captions (image id -> caption) against the scenes' objects.
 
     images, objects, object_recall, scene_accuracy, phantom_rate (images naming an absent
-    colour-shape pair), phantom_objects, CHAIR_i / CHAIR_s / grounding where
+    colour-shape pair), phantom_objects, CHAIR_i / CHAIR_s / count_error_rate / grounding where
     captioner.scene_metrics.shapes_scores reports them (grounding needs words and alphas),
     colour_confusions / shape_confusions ([true, said, count], most frequent first),
     one_object_images and one_object_multi (those whose caption names 2+ objects), and
@@ -373,7 +373,7 @@ def score(predictions: Mapping[int, str], objects: Mapping[int, Sequence[Mapping
     }
     words = dict(words or {})
     project, _ = shapes_scores(dict(predictions), words, dict(alphas or {}), dict(objects), dict(image_sizes or {}))
-    for k in ("CHAIR_i", "CHAIR_s") + (("grounding", "grounding_chance") if words else ()):
+    for k in ("CHAIR_i", "CHAIR_s", "count_error_rate") + (("grounding", "grounding_chance") if words else ()):
         if k in project:
             figures[k] = project[k]
     if "object_recall" in project:  # the project's own figure: it should agree with ours

@@ -70,7 +70,8 @@ _MARGIN, _GAP, _SUPERSAMPLE = 4, 6, 4
 # Background kind -> the adjective captions use. The shift families are never drawn for training.
 _BACKGROUNDS = {"noise": "grainy", "stripes": "striped", "checkerboard": "checkered",
                 "gradient": "shaded", "blotches": "mottled", "flat": "plain",
-                "dots": "dotted", "waves": "wavy", "radial": "glowing", "bricks": "brick"}
+                "dots": "dotted", "waves": "wavy", "radial": "glowing", "bricks": "brick",
+                "speckles": "speckled", "plaid": "plaid", "scratches": "scratched"}
 EMPTY_SHARE = 0.05  # scenes with no object (not in test_novel, whose scenes hold a novel pair)
 # The rendering settings of each style. Ranges are (low, high); a shift factor is applied to a
 # test_shift scene with probability `shift_p` each (the background always), so that scenes mix them.
@@ -81,6 +82,11 @@ STYLES = {
     "shift": {"backgrounds": ("dots", "waves", "radial", "bricks"), "shift_p": 0.5,
               "hue_offset": (10, 15), "rotation": (8, 20), "blur": (1.0, 1.6), "jpeg": (15, 40),
               "noise": (6, 14), "sides": {"small": [(22, 29), (43, 52)], "large": [(53, 62), (86, 100)]}},
+    # What a world generated with wide_train adds to its train split only (val, test, test_novel and
+    # test_shift stay as above): three more background families, and JPEG artefacts and image noise
+    # milder than test_shift's (quality 45-90 against 15-40, sigma 2-5 against 6-14), each on 30% of scenes.
+    "wide": {"backgrounds": ("speckles", "plaid", "scratches"), "jpeg_p": 0.3, "jpeg": (45, 90),
+             "noise_p": 0.3, "noise": (2, 5)},
 }
 _COUNT_WORD = {v: k for k, v in NUMBER_WORDS.items()}
 
@@ -210,6 +216,23 @@ def _pattern(rng: np.random.Generator, kind: str) -> np.ndarray:
         return (along - along.min()) / (np.ptp(along) + 1e-6)
     if kind == "flat":
         return np.zeros((size, size), np.float32)
+    if kind in ("speckles", "scratches"):  # wide_train families: scattered small spots, or thin short strokes
+        field = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(field)
+        for _ in range(int(rng.integers(30, 120) if kind == "speckles" else rng.integers(15, 50))):
+            x, y = rng.uniform(0, size, size=2)
+            if kind == "speckles":
+                r = rng.uniform(1.5, 5)
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+            else:
+                a, length = rng.uniform(0, 2 * np.pi), rng.uniform(10, 60)
+                draw.line([x, y, x + length * np.cos(a), y + length * np.sin(a)], fill=255,
+                          width=int(rng.integers(1, 3)))
+        return np.asarray(field, dtype=np.float32) / 255.0
+    if kind == "plaid":  # two stripe sets across each other
+        a = np.sin(2 * np.pi * along / rng.uniform(10, 40) + rng.uniform(0, 6.3))
+        b = np.sin(2 * np.pi * across / rng.uniform(10, 40) + rng.uniform(0, 6.3))
+        return 0.25 * (2 + a + b)
     if kind == "blotches":  # a few soft blobs, computed coarse then upsampled for speed
         gy, gx = np.mgrid[0:56, 0:56].astype(np.float32)
         t = np.zeros((56, 56), np.float32)
@@ -275,12 +298,21 @@ def _paint(canvas: np.ndarray, rng: np.random.Generator, rgb: np.ndarray, mask: 
     canvas[y:y + side, x:x + side] = region * (1 - alpha) + fill * alpha
 
 
-def _draw_style(rng: np.random.Generator, split: str) -> dict:
-    """This scene's rendering settings: the training style, or for test_shift a mix of shifted factors."""
+def _draw_style(rng: np.random.Generator, split: str, wide_train: bool = False) -> dict:
+    """This scene's rendering settings: the training style, or for test_shift a mix of shifted factors.
+
+    With wide_train, the train split's scenes are drawn from the training style widened by STYLES["wide"].
+    """
     train = STYLES["train"]
     if split != "test_shift":
         blur = rng.uniform(*train["blur"]) if rng.random() < train["blur_p"] else 0.0
-        return {**train, "blur": blur}
+        style = {**train, "blur": blur}
+        if wide_train and split == "train":
+            wide = STYLES["wide"]
+            style["backgrounds"] = train["backgrounds"] + wide["backgrounds"]
+            style["jpeg"] = wide["jpeg"] if rng.random() < wide["jpeg_p"] else None
+            style["noise"] = wide["noise"] if rng.random() < wide["noise_p"] else None
+        return style
     shift = STYLES["shift"]
     use = {k: rng.random() < shift["shift_p"] for k in ("hue_offset", "rotation", "blur", "jpeg", "noise", "sides")}
     style = {k: shift[k] if use[k] else train[k] for k in use}
@@ -289,15 +321,37 @@ def _draw_style(rng: np.random.Generator, split: str) -> dict:
     return style
 
 
+SHIFT_FACTORS = ("backgrounds", "hue_offset", "rotation", "blur", "jpeg", "noise", "sides")
+
+
+def factor_style(rng: np.random.Generator, shifted: Sequence[str]) -> dict:
+    """The training style with exactly the factors in `shifted` (of SHIFT_FACTORS) taken from test_shift's.
+
+    For measuring which of test_shift's factors a model fails on (bench/shift_factors.py): a factor
+    left out keeps the training setting (blur included: blurred 30% of the time, mildly).
+    """
+    unknown = set(shifted) - set(SHIFT_FACTORS)
+    if unknown:
+        raise ValueError(f"unknown shift factors {sorted(unknown)}; expected some of {SHIFT_FACTORS}")
+    style, shift = _draw_style(rng, "train"), STYLES["shift"]
+    for factor in shifted:
+        style[factor] = rng.uniform(*shift["blur"]) if factor == "blur" else shift[factor]
+    return style
+
+
 def _side(rng: np.random.Generator, ranges: list[tuple[int, int]]) -> int:
     lo, hi = ranges[rng.integers(len(ranges))]
     return int(rng.integers(lo, hi, endpoint=True))
 
 
-def make_scene(rng: np.random.Generator, split: str,
-               held_out: Sequence[tuple[str, str]]) -> tuple[Image.Image, list[dict], str]:
-    """Render one scene: (image, objects, background kind). Objects have colour/shape/size/bbox/area."""
-    style = _draw_style(rng, split)
+def make_scene(rng: np.random.Generator, split: str, held_out: Sequence[tuple[str, str]],
+               style: dict | None = None, wide_train: bool = False) -> tuple[Image.Image, list[dict], str]:
+    """Render one scene: (image, objects, background kind). Objects have colour/shape/size/bbox/area.
+
+    The split's style is drawn from rng (widened for the train split with wide_train) unless `style` is
+    given (see factor_style); the split still decides the colour-shape pairs and whether a scene may be empty.
+    """
+    style = _draw_style(rng, split, wide_train) if style is None else style
     canvas, kind = _background(rng, style["backgrounds"])
     n = 0 if split != "test_novel" and rng.random() < EMPTY_SHARE else int(rng.integers(1, 4))
     pairs = _sample_pairs(rng, n, split, held_out)
@@ -459,11 +513,11 @@ def make_captions(rng: np.random.Generator, objects: list[dict], background: str
 
 # --------------------------------------------------------------------------- writing
 
-def _render_task(task: tuple[str, int, str, int, int, tuple]) -> dict:
+def _render_task(task: tuple[str, int, str, int, int, tuple, bool]) -> dict:
     """Worker: render, save and caption one image. The RNG depends only on (seed, split, index)."""
-    out_dir, seed, split, index, image_id, held_out = task
+    out_dir, seed, split, index, image_id, held_out, wide_train = task
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    image, objects, background = make_scene(rng, split, held_out)
+    image, objects, background = make_scene(rng, split, held_out, wide_train=wide_train)
     image.save(Path(out_dir) / "images" / split / f"{image_id:06d}.jpg", quality=JPEG_QUALITY)
     return {"id": image_id, "split": split, "objects": objects,
             "captions": make_captions(rng, objects, background)}
@@ -527,8 +581,10 @@ def _normalise_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
 
 
 def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str, int] | None = None,
-                   workers: int | None = None) -> Path:
-    """Generate the world under out_dir (replacing out_dir/images); output depends only on seed and sizes."""
+                   workers: int | None = None, wide_train: bool = False) -> Path:
+    """Generate the world under out_dir (replacing out_dir/images); output depends only on seed, sizes and
+    wide_train (the train split drawn from the training style widened by STYLES["wide"]; the other splits
+    are the same either way)."""
     out, sizes = Path(out_dir), _normalise_sizes(sizes)
     (out / "world.json").unlink(missing_ok=True)  # incomplete until written again at the end
     shutil.rmtree(out / "images", ignore_errors=True)  # no stale images from a bigger world
@@ -538,7 +594,7 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(sizes[split]):
-            tasks.append((str(out), seed, split, index, image_id, tuple(held_out)))
+            tasks.append((str(out), seed, split, index, image_id, tuple(held_out), wide_train))
             image_id += 1
     workers = max(1, workers or os.cpu_count() or 1)
     start, records = time.monotonic(), []
@@ -551,7 +607,9 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str
     _write_json(out / "world.json", {
         "version": VERSION, "seed": seed, "sizes": sizes, "image_size": IMAGE_SIZE,
         "shapes": list(SHAPES), "colours": {c: {"hue": h, "value": list(v)} for c, (h, v) in COLOUR_HSV.items()},
-        "styles": STYLES, "empty_share": EMPTY_SHARE,
+        # a world without wide_train writes what it wrote before the option existed (caches know it by this file)
+        "styles": {k: v for k, v in STYLES.items() if k != "wide" or wide_train},
+        **({"wide_train": True} if wide_train else {}), "empty_share": EMPTY_SHARE,
         "object_sizes": list(SIZES), "held_out": [list(p) for p in held_out],
         "num_images": len(tasks)})
     return out
@@ -564,16 +622,16 @@ def load_world(out_dir: str | os.PathLike) -> dict:
 
 
 def ensure_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str, int] | None = None,
-                 workers: int | None = None) -> Path:
-    """Return out_dir, generating the world first unless world.json already matches seed/sizes."""
+                 workers: int | None = None, wide_train: bool = False) -> Path:
+    """Return out_dir, generating the world first unless world.json already matches seed/sizes/wide_train."""
     try:
         world = load_world(out_dir)
-        if (world.get("version"), world.get("seed"), world.get("sizes")) == (
-                VERSION, seed, _normalise_sizes(sizes)):
+        if (world.get("version"), world.get("seed"), world.get("sizes"), world.get("wide_train", False)) == (
+                VERSION, seed, _normalise_sizes(sizes), wide_train):
             return Path(out_dir)
     except (OSError, ValueError):
         pass
-    return generate_world(out_dir, seed=seed, sizes=sizes, workers=workers)
+    return generate_world(out_dir, seed=seed, sizes=sizes, workers=workers, wide_train=wide_train)
 
 
 def load_objects(instances_json_path: str | os.PathLike) -> dict[int, list[dict]]:
@@ -597,7 +655,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{split.replace('_', '-')}", type=int, default=n, help=f"images (default {n})")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     p.add_argument("--if-missing", action="store_true",
-                   help="do nothing if out/world.json already matches seed and sizes")
+                   help="do nothing if out/world.json already matches seed, sizes and --wide-train")
+    p.add_argument("--wide-train", action="store_true",
+                   help="draw the train split wider than the other splits: STYLES['wide'] adds background families, "
+                        "JPEG artefacts and noise (milder than test_shift's); val/test/test_novel/test_shift unchanged")
     return p.parse_args(argv)
 
 
@@ -607,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = {s: getattr(args, s) for s in SPLITS}
     start = time.monotonic()
     make = ensure_world if args.if_missing else generate_world
-    out = make(args.out, seed=args.seed, sizes=sizes, workers=args.workers)
+    out = make(args.out, seed=args.seed, sizes=sizes, workers=args.workers, wide_train=args.wide_train)
     world = load_world(out)
     held = ", ".join(f"{c} {s}" for c, s in world["held_out"])
     print(f"shapes world in {out}: {world['num_images']} images "
