@@ -88,6 +88,17 @@ STYLES = {
     "wide": {"backgrounds": ("speckles", "plaid", "scratches"), "jpeg_p": 0.3, "jpeg": (45, 90),
              "noise_p": 0.3, "noise": (2, 5)},
 }
+WIDE_PARTS = ("backgrounds", "jpeg", "noise")  # what wide_train may add; True adds all three
+
+
+def wide_parts(wide_train: bool | Sequence[str]) -> tuple[str, ...]:
+    """The parts of STYLES["wide"] that `wide_train` (False, True for all, or some of WIDE_PARTS) adds."""
+    if isinstance(wide_train, bool):
+        return WIDE_PARTS if wide_train else ()
+    unknown = set(wide_train) - set(WIDE_PARTS)
+    if unknown:
+        raise ValueError(f"unknown wide_train parts {sorted(unknown)}; expected some of {WIDE_PARTS}")
+    return tuple(p for p in WIDE_PARTS if p in wide_train)
 _COUNT_WORD = {v: k for k, v in NUMBER_WORDS.items()}
 
 
@@ -298,20 +309,24 @@ def _paint(canvas: np.ndarray, rng: np.random.Generator, rgb: np.ndarray, mask: 
     canvas[y:y + side, x:x + side] = region * (1 - alpha) + fill * alpha
 
 
-def _draw_style(rng: np.random.Generator, split: str, wide_train: bool = False) -> dict:
+def _draw_style(rng: np.random.Generator, split: str, wide_train: bool | Sequence[str] = False) -> dict:
     """This scene's rendering settings: the training style, or for test_shift a mix of shifted factors.
 
-    With wide_train, the train split's scenes are drawn from the training style widened by STYLES["wide"].
+    With wide_train, the train split's scenes are drawn from the training style widened by STYLES["wide"]
+    (all of it, or the parts named; see wide_parts).
     """
     train = STYLES["train"]
     if split != "test_shift":
         blur = rng.uniform(*train["blur"]) if rng.random() < train["blur_p"] else 0.0
         style = {**train, "blur": blur}
-        if wide_train and split == "train":
+        parts = wide_parts(wide_train)
+        if parts and split == "train":
             wide = STYLES["wide"]
-            style["backgrounds"] = train["backgrounds"] + wide["backgrounds"]
-            style["jpeg"] = wide["jpeg"] if rng.random() < wide["jpeg_p"] else None
-            style["noise"] = wide["noise"] if rng.random() < wide["noise_p"] else None
+            if "backgrounds" in parts:
+                style["backgrounds"] = train["backgrounds"] + wide["backgrounds"]
+            for part in ("jpeg", "noise"):  # drawn whether used or not: one RNG stream for every choice of parts
+                if rng.random() < wide[part + "_p"] and part in parts:
+                    style[part] = wide[part]
         return style
     shift = STYLES["shift"]
     use = {k: rng.random() < shift["shift_p"] for k in ("hue_offset", "rotation", "blur", "jpeg", "noise", "sides")}
@@ -345,7 +360,8 @@ def _side(rng: np.random.Generator, ranges: list[tuple[int, int]]) -> int:
 
 
 def make_scene(rng: np.random.Generator, split: str, held_out: Sequence[tuple[str, str]],
-               style: dict | None = None, wide_train: bool = False) -> tuple[Image.Image, list[dict], str]:
+               style: dict | None = None,
+               wide_train: bool | Sequence[str] = False) -> tuple[Image.Image, list[dict], str]:
     """Render one scene: (image, objects, background kind). Objects have colour/shape/size/bbox/area.
 
     The split's style is drawn from rng (widened for the train split with wide_train) unless `style` is
@@ -513,7 +529,7 @@ def make_captions(rng: np.random.Generator, objects: list[dict], background: str
 
 # --------------------------------------------------------------------------- writing
 
-def _render_task(task: tuple[str, int, str, int, int, tuple, bool]) -> dict:
+def _render_task(task: tuple[str, int, str, int, int, tuple, tuple]) -> dict:
     """Worker: render, save and caption one image. The RNG depends only on (seed, split, index)."""
     out_dir, seed, split, index, image_id, held_out, wide_train = task
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
@@ -581,10 +597,11 @@ def _normalise_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
 
 
 def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str, int] | None = None,
-                   workers: int | None = None, wide_train: bool = False) -> Path:
+                   workers: int | None = None, wide_train: bool | Sequence[str] = False) -> Path:
     """Generate the world under out_dir (replacing out_dir/images); output depends only on seed, sizes and
-    wide_train (the train split drawn from the training style widened by STYLES["wide"]; the other splits
-    are the same either way)."""
+    wide_train (the train split drawn from the training style widened by STYLES["wide"], all of it or the
+    parts named in WIDE_PARTS; the other splits are the same either way)."""
+    parts = wide_parts(wide_train)
     out, sizes = Path(out_dir), _normalise_sizes(sizes)
     (out / "world.json").unlink(missing_ok=True)  # incomplete until written again at the end
     shutil.rmtree(out / "images", ignore_errors=True)  # no stale images from a bigger world
@@ -594,7 +611,7 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(sizes[split]):
-            tasks.append((str(out), seed, split, index, image_id, tuple(held_out), wide_train))
+            tasks.append((str(out), seed, split, index, image_id, tuple(held_out), parts))
             image_id += 1
     workers = max(1, workers or os.cpu_count() or 1)
     start, records = time.monotonic(), []
@@ -608,8 +625,8 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str
         "version": VERSION, "seed": seed, "sizes": sizes, "image_size": IMAGE_SIZE,
         "shapes": list(SHAPES), "colours": {c: {"hue": h, "value": list(v)} for c, (h, v) in COLOUR_HSV.items()},
         # a world without wide_train writes what it wrote before the option existed (caches know it by this file)
-        "styles": {k: v for k, v in STYLES.items() if k != "wide" or wide_train},
-        **({"wide_train": True} if wide_train else {}), "empty_share": EMPTY_SHARE,
+        "styles": {k: v for k, v in STYLES.items() if k != "wide" or parts},
+        **({"wide_train": True if parts == WIDE_PARTS else list(parts)} if parts else {}), "empty_share": EMPTY_SHARE,
         "object_sizes": list(SIZES), "held_out": [list(p) for p in held_out],
         "num_images": len(tasks)})
     return out
@@ -622,12 +639,12 @@ def load_world(out_dir: str | os.PathLike) -> dict:
 
 
 def ensure_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str, int] | None = None,
-                 workers: int | None = None, wide_train: bool = False) -> Path:
+                 workers: int | None = None, wide_train: bool | Sequence[str] = False) -> Path:
     """Return out_dir, generating the world first unless world.json already matches seed/sizes/wide_train."""
     try:
         world = load_world(out_dir)
-        if (world.get("version"), world.get("seed"), world.get("sizes"), world.get("wide_train", False)) == (
-                VERSION, seed, _normalise_sizes(sizes), wide_train):
+        if (world.get("version"), world.get("seed"), world.get("sizes"), wide_parts(world.get("wide_train", False))) == (
+                VERSION, seed, _normalise_sizes(sizes), wide_parts(wide_train)):
             return Path(out_dir)
     except (OSError, ValueError):
         pass
@@ -656,9 +673,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing if out/world.json already matches seed, sizes and --wide-train")
-    p.add_argument("--wide-train", action="store_true",
+    p.add_argument("--wide-train", nargs="*", choices=WIDE_PARTS, default=None, metavar="PART",
                    help="draw the train split wider than the other splits: STYLES['wide'] adds background families, "
-                        "JPEG artefacts and noise (milder than test_shift's); val/test/test_novel/test_shift unchanged")
+                        "JPEG artefacts and noise (milder than test_shift's); val/test/test_novel/test_shift unchanged. "
+                        f"Alone: all of it; or name the parts ({', '.join(WIDE_PARTS)})")
     return p.parse_args(argv)
 
 
@@ -668,7 +686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = {s: getattr(args, s) for s in SPLITS}
     start = time.monotonic()
     make = ensure_world if args.if_missing else generate_world
-    out = make(args.out, seed=args.seed, sizes=sizes, workers=args.workers, wide_train=args.wide_train)
+    wide = False if args.wide_train is None else (args.wide_train or True)
+    out = make(args.out, seed=args.seed, sizes=sizes, workers=args.workers, wide_train=wide)
     world = load_world(out)
     held = ", ".join(f"{c} {s}" for c, s in world["held_out"])
     print(f"shapes world in {out}: {world['num_images']} images "

@@ -188,6 +188,77 @@ def test_test_shift_uses_settings_training_never_sees():
     assert np.mean(shifted) != pytest.approx(np.mean(sharp), rel=0.05)
 
 
+def test_wide_train_widens_the_train_split_only(tmp_path):
+    """--wide-train draws the train split from more background families, with JPEG artefacts and noise
+    milder than test_shift's; every other split, and a world without the option, is unchanged byte for byte."""
+    sizes = {"train": 60, "val": 3, "test": 3, "test_novel": 3, "test_shift": 3}
+    plain = generate_world(tmp_path / "plain", seed=0, sizes=sizes, workers=1)
+    wide = generate_world(tmp_path / "wide", seed=0, sizes=sizes, workers=1, wide_train=True)
+    for split in SPLITS:
+        a = {p.name: p.read_bytes() for p in (plain / "images" / split).glob("*.jpg")}
+        b = {p.name: p.read_bytes() for p in (wide / "images" / split).glob("*.jpg")}
+        assert len(a) == sizes[split] and a.keys() == b.keys()
+        same = sum(a[k] == b[k] for k in a)
+        assert same == (0 if split == "train" else len(a)), split
+    plain_world, wide_world = load_world(plain), load_world(wide)
+    assert "wide_train" not in plain_world and "wide" not in plain_world["styles"]  # as before the option
+    assert wide_world["wide_train"] is True and wide_world["styles"]["wide"]["backgrounds"]
+    # the new families appear in the train captions; none of test_shift's families does
+    words = " ".join(c["caption"] for c in json.loads(
+        (wide / "annotations" / "captions_train.json").read_text())["annotations"]).split()
+    new_families = shapes.STYLES["wide"]["backgrounds"]
+    assert {shapes._BACKGROUNDS[k] for k in new_families} <= set(words)
+    assert not {shapes._BACKGROUNDS[k] for k in shapes.STYLES["shift"]["backgrounds"]} & set(words)
+    # what it adds stays outside test_shift's settings
+    w, shift = shapes.STYLES["wide"], shapes.STYLES["shift"]
+    assert not set(new_families) & set(shift["backgrounds"])
+    assert w["jpeg"][0] > shift["jpeg"][1] and w["noise"][1] < shift["noise"][0]
+    # ensure_world knows the two worlds apart: asking for the other one regenerates
+    stamp = (wide / "world.json").stat().st_mtime_ns
+    ensure_world(wide, seed=0, sizes=sizes, wide_train=True)
+    assert (wide / "world.json").stat().st_mtime_ns == stamp
+    assert load_world(ensure_world(tmp_path / "wide", seed=0, sizes=sizes)).get("wide_train") is None
+
+
+def test_wide_train_parts(tmp_path):
+    """A world widened in some parts only: the named parts, recorded in world.json; the rest as training."""
+    assert shapes.wide_parts(True) == shapes.WIDE_PARTS and shapes.wide_parts(False) == ()
+    assert shapes.wide_parts(["noise", "backgrounds"]) == ("backgrounds", "noise")
+    with pytest.raises(ValueError, match="unknown wide_train parts"):
+        shapes.wide_parts(["blur"])
+    sizes = {"train": 40}
+    out = generate_world(tmp_path / "bg", seed=0, sizes=sizes, workers=1, wide_train=["backgrounds"])
+    assert load_world(out)["wide_train"] == ["backgrounds"]
+    # JPEG artefacts and noise are not drawn: every train scene has the training style's jpeg/noise (none)
+    for i in range(40):
+        style = shapes._draw_style(np.random.default_rng([0, 0, i]), "train", ["backgrounds"])
+        assert style["jpeg"] is None and style["noise"] is None
+        assert set(style["backgrounds"]) > set(shapes.STYLES["train"]["backgrounds"])
+    every = [shapes._draw_style(np.random.default_rng([0, 0, i]), "train", True) for i in range(40)]
+    assert any(st["jpeg"] for st in every) and any(st["noise"] for st in every)
+    stamp = (out / "world.json").stat().st_mtime_ns
+    ensure_world(out, seed=0, sizes=sizes, wide_train=("backgrounds",))  # the same world: left as it is
+    assert (out / "world.json").stat().st_mtime_ns == stamp
+
+
+def test_factor_style_shifts_exactly_the_named_factors():
+    base_keys = ("backgrounds", "hue_offset", "rotation", "jpeg", "noise", "sides")
+    for factor in shapes.SHIFT_FACTORS:
+        style = shapes.factor_style(np.random.default_rng(0), [factor])
+        for key in base_keys:
+            expected = shapes.STYLES["shift" if key == factor else "train"][key]
+            assert style[key] == expected, (factor, key)
+        lo, hi = shapes.STYLES["shift"]["blur"]
+        if factor == "blur":
+            assert lo <= style["blur"] <= hi
+        else:
+            assert style["blur"] == 0 or style["blur"] <= shapes.STYLES["train"]["blur"][1]
+    everything = shapes.factor_style(np.random.default_rng(0), shapes.SHIFT_FACTORS)
+    assert all(everything[k] == shapes.STYLES["shift"][k] for k in base_keys)
+    with pytest.raises(ValueError, match="unknown shift factors"):
+        shapes.factor_style(np.random.default_rng(0), ["colour"])
+
+
 def test_regenerated_world_gets_a_new_cache_name(tmp_path):
     """Image ids and files of a regenerated world (other sizes or version) must never be served the
     features another world cached under the same path."""
