@@ -14,11 +14,12 @@ how much a model loses, not to what. This script renders, with the generator's o
 * ``all``: every factor shifted at once (harder than any test_shift scene, where each is on half the time).
 
 Row r, scene i is drawn from the RNG stream (seed, r's place in ROWS, i); the colour-shape pairs are
-the seen ones (test's: --world-seed's held-out pairs left out), up to three objects, about 5% empty scenes. Every scene is captioned with the
-checkpoint (beam --beam) through the project's one image loader and scored against its objects by
-captioner.scene_metrics (object recall, scene accuracy, CHAIR_i / CHAIR_s, count errors) and
-bench/foreign_scenes.py's comparison (images naming a phantom colour-shape pair, one-object scenes
-described with two or more objects, the most frequent colour confusions).
+the seen ones (test's: --world-seed's held-out pairs left out), up to three objects, about 5% empty
+scenes. Every scene is captioned with the checkpoint (beam --beam) through the project's one image
+loader and scored against its objects by captioner.scene_metrics (object recall, scene accuracy,
+CHAIR_i / CHAIR_s, count errors) and bench/foreign_scenes.py's comparison (images naming a phantom
+colour-shape pair, one-object scenes described with two or more objects, the most frequent colour
+confusions).
 
 It writes OUT/metrics.json (every row's figures and the settings) and OUT/predictions.json, and prints
 a Markdown table. The scenes are written under OUT/scenes/ROW/ (JPEG, quality as the world's).
@@ -90,7 +91,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     for name, f in rows.items():
         conf = ", ".join(f"{t}->{s} {k}" for t, s, k in f["colour_confusions"][:3]) or "none"
         lines.append(f"| {name} | {f['images']} | {_cell(f['object_recall'])} | {_cell(f['scene_accuracy'])} | "
-                     f"{_cell(f['CHAIR_i'])} | {_cell(f['CHAIR_s'])} | {_cell(f.get('count_error_rate', float('nan')))} | "
+                     f"{_cell(f['CHAIR_i'])} | {_cell(f['CHAIR_s'])} | "
+                     f"{_cell(f.get('count_error_rate', float('nan')))} | "
                      f"{_cell(f['phantom_rate'])} | {f['one_object_multi']}/{f['one_object_images']} | {conf} |")
     return "\n".join(lines)
 

@@ -643,8 +643,9 @@ def ensure_world(out_dir: str | os.PathLike, seed: int = 0, sizes: Mapping[str, 
     """Return out_dir, generating the world first unless world.json already matches seed/sizes/wide_train."""
     try:
         world = load_world(out_dir)
-        if (world.get("version"), world.get("seed"), world.get("sizes"), wide_parts(world.get("wide_train", False))) == (
-                VERSION, seed, _normalise_sizes(sizes), wide_parts(wide_train)):
+        wide = wide_parts(world.get("wide_train", False))
+        found = (world.get("version"), world.get("seed"), world.get("sizes"), wide)
+        if found == (VERSION, seed, _normalise_sizes(sizes), wide_parts(wide_train)):
             return Path(out_dir)
     except (OSError, ValueError):
         pass
@@ -675,8 +676,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="do nothing if out/world.json already matches seed, sizes and --wide-train")
     p.add_argument("--wide-train", nargs="*", choices=WIDE_PARTS, default=None, metavar="PART",
                    help="draw the train split wider than the other splits: STYLES['wide'] adds background families, "
-                        "JPEG artefacts and noise (milder than test_shift's); val/test/test_novel/test_shift unchanged. "
-                        f"Alone: all of it; or name the parts ({', '.join(WIDE_PARTS)})")
+                        "JPEG artefacts and noise (milder than test_shift's); val/test/test_novel/test_shift "
+                        f"unchanged. Alone: all of it; or name the parts ({', '.join(WIDE_PARTS)})")
     return p.parse_args(argv)
 
 
