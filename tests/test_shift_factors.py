@@ -2,27 +2,13 @@
 a run of the script with the demo model writes figures that agree with its own predictions."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import shift_factors as sf  # the root is on pytest's pythonpath (pyproject.toml)
 from captioner import shapes
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("shift_factors", ROOT / "bench" / "shift_factors.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("shift_factors", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-sf = _load_bench()
 
 
 def test_rows_are_deterministic_and_draw_from_the_named_style(tmp_path):
