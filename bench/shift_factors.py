@@ -28,7 +28,6 @@ Nothing is asserted about the model's quality.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import numpy as np
 
 from bench.foreign_scenes import caption_scenes, compare, score
 from captioner import shapes
+from captioner.atomic import atomic_write_json
 
 ROWS = ("none",) + shapes.SHIFT_FACTORS + ("all",)
 _RENDER_STREAM = 7  # the third RNG key: no stream of the world generator uses [seed, 7, row, index]
@@ -120,23 +120,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    rows, predictions, t0 = {}, {}, time.perf_counter()
-    for row in [r for r in ROWS if r in args.factors]:
-        records = render_row(row, out / "scenes" / row, args.n, args.seed, args.world_seed)
-        outputs = caption_scenes(args.checkpoint, [r["path"] for r in records], args.beam, args.device,
-                                 args.batch_size)
+    wanted = [r for r in ROWS if r in args.factors]
+    t0 = time.perf_counter()
+    rendered = {row: render_row(row, out / "scenes" / row, args.n, args.seed, args.world_seed) for row in wanted}
+    print(f"rendered {len(wanted)} x {args.n} scenes in {time.perf_counter() - t0:.0f}s", flush=True)
+    # one model load and one batched pass over every row's images
+    every = caption_scenes(args.checkpoint, [r["path"] for row in wanted for r in rendered[row]], args.beam,
+                           args.device, args.batch_size)
+    rows, predictions = {}, {}
+    for k, row in enumerate(wanted):
+        records, outputs = rendered[row], every[k * args.n:(k + 1) * args.n]
         rows[row] = measure_row(records, outputs)
         predictions[row] = [{"id": r["id"], "file": r["path"], "background": r["background"], "caption": o.text,
                              "objects": r["objects"], **{k: v for k, v in compare(o.text, r["objects"]).items()
@@ -144,13 +143,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             for r, o in zip(records, outputs)]
         f = rows[row]
         print(f"{row:12s} recall {_cell(f['object_recall'])}  scene {_cell(f['scene_accuracy'])}  "
-              f"CHAIR_s {_cell(f['CHAIR_s'])}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+              f"CHAIR_s {_cell(f['CHAIR_s'])}")
     result = {"rows": rows, "checkpoint": str(args.checkpoint), "beam": args.beam,
               "settings": {"n": args.n, "seed": args.seed, "world_seed": args.world_seed, "styles": shapes.STYLES},
               "scorer": "captioner.scene_metrics (colour-shape pairs parsed from the caption)"}
-    _write_json(out / "metrics.json", result)
-    _write_json(out / "predictions.json", predictions)
-    print(f"\ncheckpoint {args.checkpoint}, beam {args.beam}, {args.n} scenes per row, seed {args.seed}\n")
+    atomic_write_json(out / "metrics.json", result, indent=1)
+    atomic_write_json(out / "predictions.json", predictions, indent=1)
+    print(f"\ncheckpoint {args.checkpoint}, beam {args.beam}, {args.n} scenes per row, seed {args.seed}, "
+          f"{time.perf_counter() - t0:.0f}s\n")
     print(table(rows))
     print(f"\nwrote {out / 'metrics.json'} and {out / 'predictions.json'}")
     return result

@@ -14,7 +14,9 @@ background"), so that a model learns colour names as ranges and the background a
 background. ``test_shift`` is drawn from rendering settings no other split uses
 (``STYLES["shift"]``): four other background families, shades further from each colour's
 centre, stronger blur, JPEG artefacts, image noise, object sizes between and beyond the
-trained ones, and larger rotations. Its vocabulary (SHAPES, COLOURS, SIZES,
+trained ones, and larger rotations. A world generated with ``wide_train`` draws its train
+split (and only it) wider, with ``STYLES["wide"]``: more background families, milder JPEG
+artefacts and noise, all outside test_shift's settings. Its vocabulary (SHAPES, COLOURS, SIZES,
 NUMBER_WORDS, RELATIONS) and the rule the captions state relations by (``relation``)
 are defined here once; captioner.scene_metrics parses generated captions with them
 and scores them against the objects.
@@ -99,6 +101,8 @@ def wide_parts(wide_train: bool | Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown wide_train parts {sorted(unknown)}; expected some of {WIDE_PARTS}")
     return tuple(p for p in WIDE_PARTS if p in wide_train)
+
+
 _COUNT_WORD = {v: k for k, v in NUMBER_WORDS.items()}
 
 
