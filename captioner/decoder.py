@@ -58,6 +58,11 @@ class DecoderConfig:
     # with an attention of their own (query: h_{t-1}). The LSTM and the deep output then see a recalled context
     # r_t beside z_t: "left" can compare the place of the object it looks at with that of the one it named before.
     recall: bool = False
+    # With recall and coords (not in the paper): the deep output also sees the difference between the place this
+    # step attends to and the place its recall reads back, delta_t = xy(alpha_t) - sum_j w_tj xy(alpha_j), where
+    # xy(alpha) = sum_i alpha_i (x_i, y_i) is the attended centre (exact, not learned), gated by h_t. "left of"
+    # is then a read-out of two numbers: where the other object lies against the subject it named before.
+    compare: bool = False
     attention: str = "soft"  # "soft" (section 4.2), "hard" (section 4.1: sampled locations in training), "none"
 
     def __post_init__(self) -> None:
@@ -70,6 +75,8 @@ class DecoderConfig:
             raise ValueError(f"layout must be 0 (off) or a pooled grid size up to {min(self.grid)}, not {self.layout}")
         if self.refine < 0:
             raise ValueError(f"refine must be 0 (off) or a number of self-attention layers, not {self.refine}")
+        if self.compare and not (self.recall and self.coords):
+            raise ValueError("compare reads the attended places back from the recall memory: needs recall and coords")
         if self.refine and not self.pos_embed:
             raise ValueError("refine needs pos_embed: without positions, self-attention cannot tell where a cell is")
 
@@ -139,6 +146,9 @@ class Decoder(nn.Module):
             self.recall_value = nn.Linear(m + D, R)
             self.recall_query = nn.Linear(n, R, bias=False)  # from h_{t-1}
             self.L_r = nn.Linear(R, m, bias=False)
+        if cfg.compare:
+            self.L_d = nn.Linear(2, m, bias=False)  # delta_t (B, 2) -> the deep output
+            self.f_delta = nn.Linear(n, 1)  # its gate, from h_t: a place difference matters at relation words
         self.lstm = nn.LSTMCell(m + D + R, n)
         self.dropout = nn.Dropout(cfg.dropout)
         # Deep output: p(y_t) ∝ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))  (eq. 7); one bias (L_h's) inside.
@@ -176,7 +186,8 @@ class Decoder(nn.Module):
         """The decoder's state before the first word, from prepared feats (B, N, D): a tuple of tensors whose
         first dimension is the batch (search reorders and repeats each of them alike). (h_0, c_0), each
         (B, n); with recall also the memory's keys and values, (B, 0, R) each, and the context read for the
-        previous word, (B, D) (zeros before <start>), and the last step's recall weights (B, t) (none yet)."""
+        previous word, (B, D) (zeros before <start>), and the last step's recall weights (B, t) (none yet); with
+        compare also each entry's attended centre (B, 0, 2)."""
         x = feats[:, :, : self.cfg.feature_dim]  # (B, N, C): the coordinates' mean says nothing
         summary = x.mean(dim=1)  # (B, C)
         if self.cfg.layout:
@@ -188,7 +199,10 @@ class Decoder(nn.Module):
         if not self.cfg.recall:
             return h0, c0
         B, empty = feats.shape[0], feats.new_zeros(feats.shape[0], 0, RECALL_DIM)
-        return h0, c0, empty, empty, feats.new_zeros(B, feats.shape[2]), feats.new_zeros(B, 0)
+        state = h0, c0, empty, empty, feats.new_zeros(B, feats.shape[2]), feats.new_zeros(B, 0)
+        if self.cfg.compare:  # and the attended centre of each entry, (B, 0, 2)
+            state += (feats.new_zeros(B, 0, 2),)
+        return state
 
     def step(self, prev_tokens: torch.Tensor, state: tuple[torch.Tensor, ...], feats: torch.Tensor,
              feat_proj: torch.Tensor):
@@ -232,8 +246,14 @@ class Decoder(nn.Module):
         pre = emb + self.L_h(self.dropout(h)) + self.L_z(context)  # this order: the same floats as before recall
         if self.cfg.recall:
             pre = pre + self.L_r(recalled)
+        if self.cfg.compare:
+            places = torch.cat([state[6], state[4][:, -2:].unsqueeze(1)], dim=1)  # (B, t + 1, 2): entries' centres
+            delta = read[:, -2:] - torch.bmm(w.unsqueeze(1), places).squeeze(1)  # (B, 2): here - recalled place
+            pre = pre + torch.sigmoid(self.f_delta(h)) * self.L_d(delta)
         logits = self.L_o(self.dropout(torch.tanh(pre)))
         state = (h, c, keys, values, read, w) if self.cfg.recall else (h, c)
+        if self.cfg.compare:
+            state += (places,)
         return logits, state, alpha, loc
 
     def recall(self, emb: torch.Tensor, state: tuple[torch.Tensor, ...]):

@@ -539,9 +539,13 @@ def attention_grounding(
 
 # Words that decide a relation ("to the LEFT of", "ABOVE it", "on the RIGHT", "in the MIDDLE").
 _DECIDING = frozenset({"left", "right", "above", "below", "top", "bottom", "middle"})
+# The words of a relation's phrase before its deciding word ("TO THE left of", "TO ITS left", "ON THE right"):
+# the first of them already chooses the axis ("to" against "above").
+_LEADING = frozenset({"to", "the", "its", "on", "at", "in"})
 
 
-def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> list[tuple[int, tuple[int, ...]]]:
+def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping],
+                      span: bool = False) -> list[tuple[int, tuple[int, ...]]]:
     """Where a reference caption's words should look: (token index, indices of objs) pairs.
 
     The supervision `train.py --att-supervision` gives the attention (shapes world only):
@@ -551,6 +555,8 @@ def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> 
       place, to compare with A's, seen a few words before); in "B with A to its left" and "and C
       above it" at the referent of "its"/"it"; in "A on the left and B on the right" each place
       word at the object(s) it is ordered against.
+    With `span` every word of the relation's phrase up to the deciding one looks there too ("to the left",
+    "to its left", "on the left"; not "is", "of"): the first of them already chooses the axis.
     Statements whose arguments match several objects, or none, give no target.
     """
     toks = _tokens(caption)
@@ -560,14 +566,25 @@ def attention_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> 
         if len(found) == 1:
             for t in (p.colour_idx, p.end - 1):
                 out.setdefault(t, set()).add(found[0])
-    for k, _, other in _relation_words(toks, objs):
+    for k, _, other in _relation_words(toks, objs, span):
         out.setdefault(k, set()).add(other)
     return [(k, tuple(sorted(v))) for k, v in sorted(out.items())]
 
 
-def _relation_words(toks: Sequence[str], objs: Sequence[Mapping]):
+def _relation_words(toks: Sequence[str], objs: Sequence[Mapping], span: bool = False):
     """(deciding word's index, the phrase it places, index in objs of the object it is placed against) for each
-    stated relation whose two arguments each match exactly one object (and not the same one)."""
+    stated relation whose two arguments each match exactly one object (and not the same one); with `span` also
+    each word of _LEADING right before the deciding word, with the same phrase and object."""
+    for k, phrase, other in _deciding_words(toks, objs):
+        j = k
+        while span and j - 1 >= phrase.end and toks[j - 1] in _LEADING:
+            j -= 1
+        for i in range(j, k + 1):
+            yield i, phrase, other
+
+
+def _deciding_words(toks: Sequence[str], objs: Sequence[Mapping]):
+    """_relation_words' deciding words alone."""
     deciding = [k for k, w in enumerate(toks) if w in _DECIDING]
     for st in relation_statements(toks):
         a, b = _matches(st.subject, objs), _matches(st.object, objs)
@@ -588,23 +605,24 @@ def _relation_words(toks: Sequence[str], objs: Sequence[Mapping]):
                 yield k, st.subject, b[0]
 
 
-def recall_targets(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> list[tuple[int, int]]:
+def recall_targets(caption: str | Sequence[Any], objs: Sequence[Mapping], span: bool = False) -> list[tuple[int, int]]:
     """What a relation's deciding word should read back from the decoder's recall memory
     (`train.py --recall-supervision`, shapes world only): (token index, memory entry) pairs. The entry is
     the one written for the shape word of the phrase the word places ("circle" in "a red circle is to the
     left of ..."): entry j holds token j of <start> w0 w1 ..., so word i's entry is i + 1, and with it the
     context read when the model wrote that word, i.e. where it looked when it named the subject. The
     attention meanwhile looks at the other object (attention_targets): "left" compares the two places.
+    `span`: as attention_targets'.
     """
     toks = _tokens(caption)
-    return sorted({k: phrase.end for k, phrase, _ in _relation_words(toks, objs)}.items())
+    return sorted({k: phrase.end for k, phrase, _ in _relation_words(toks, objs, span)}.items())
 
 
 def attention_target_masks(caption: str | Sequence[Any], objs: Sequence[Mapping], image_size: tuple[int, int],
-                           grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+                           grid: tuple[int, int], span: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """attention_targets as (token indices (k,) int64, masks (k, h*w) bool): each target's cells are those its
     objects' boxes touch (coverage > 0) on the decoder's grid, rows in the features' order."""
-    targets = attention_targets(caption, objs)
+    targets = attention_targets(caption, objs, span)
     masks = np.zeros((len(targets), int(grid[0]) * int(grid[1])), dtype=bool)
     for r, (_, which) in enumerate(targets):
         for j in which:

@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_OPTIONS = ("backbone", "encoder_weights", "image_size", "stages", "grid_size")  # what encoder_config() reads
 DECODER_OPTIONS = ("embed_dim", "attention_dim", "hidden_dim", "dropout", "gate", "pos_embed", "feature_norm",
-                   "coords", "layout", "refine", "recall", "attention")
+                   "coords", "layout", "refine", "recall", "compare", "attention")
 
 
 @dataclass
@@ -111,6 +111,11 @@ class TrainConfig:
     recall: bool = option(False, "a memory of where the decoder looked: each word's step writes (the word, the "
                                  "context it read) and later steps attend over those entries, so a relation word can "
                                  "compare where it looks with where an object it named lay (true/false)")
+    compare: bool = option(False, "with --recall and --coords: the deep output also sees the attended centre minus "
+                                  "the centre its recall reads back (gated by h_t), so a relation word reads where "
+                                  "the object it looks at lies against the one it named; with it the attention and "
+                                  "recall supervision cover each relation's whole phrase ('to the left'), not only "
+                                  "its deciding word (true/false)")
     attention: str = option("soft", "soft (the expectation, section 4.2), hard (a sampled location per word in "
                                     "training, section 4.1; the expectation at test time), none (the mean annotation "
                                     "vector every step: no attention)")
@@ -536,14 +541,16 @@ def _attention_targets(cfg: TrainConfig, source: DataSource, model: Captioner, r
         raise ValueError(f"{what} needs each training image's objects and their boxes (the shapes "
                          f"world); {source.name} has none")
     grid = model.cfg.decoder.grid
-    out = {r.image_id: [attention_target_masks(t, objects.get(r.image_id, []), sizes[r.image_id], grid)
+    span = model.cfg.decoder.compare  # the axis is chosen at a relation's first word ("to" / "above")
+    out = {r.image_id: [attention_target_masks(t, objects.get(r.image_id, []), sizes[r.image_id], grid, span=span)
                         for t in tokens[r.image_id]] for r in records}
     steps = sum(len(w) for caps in out.values() for w, _ in caps)
     log.info("attention supervision (weight %g): %d supervised words in %d references", cfg.att_supervision, steps,
              sum(len(caps) for caps in out.values()))
     if not cfg.recall_supervision:
         return {"attention_targets": out}
-    recalls = {r.image_id: [np.array(recall_targets(t, objects.get(r.image_id, [])), dtype=np.int64).reshape(-1, 2)
+    recalls = {r.image_id: [np.array(recall_targets(t, objects.get(r.image_id, []), span=span),
+                                     dtype=np.int64).reshape(-1, 2)
                             for t in tokens[r.image_id]] for r in records}
     log.info("recall supervision (weight %g): %d supervised relation words", cfg.recall_supervision,
              sum(len(x) for caps in recalls.values() for x in caps))

@@ -125,9 +125,10 @@ def test_regulariser_values():
 
 
 RECALL = {"recall": True, "coords": True}  # the decoder whose state also holds a growing memory
+COMPARE = {**RECALL, "compare": True}  # ... and the attended centre of each memory entry
 
 
-@pytest.mark.parametrize("kw", [{}, RECALL], ids=["plain", "recall"])
+@pytest.mark.parametrize("kw", [{}, RECALL, COMPARE], ids=["plain", "recall", "compare"])
 def test_beam_one_equals_greedy(kw):
     dec = make_decoder(**kw)
     f = feats(6)
@@ -139,7 +140,7 @@ def test_beam_one_equals_greedy(kw):
         assert torch.allclose(x.best.alphas, y.best.alphas, atol=1e-6)
 
 
-@pytest.mark.parametrize("kw", [{}, RECALL], ids=["plain", "recall"])
+@pytest.mark.parametrize("kw", [{}, RECALL, COMPARE], ids=["plain", "recall", "compare"])
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_batch_equals_one_at_a_time(k, kw):
     dec = make_decoder(**kw)
@@ -168,7 +169,7 @@ def test_beam_results_are_consistent():
     assert all(w.best.score >= n.best.score - 1e-6 for w, n in zip(res, narrow))
 
 
-@pytest.mark.parametrize("kw", [{}, RECALL], ids=["plain", "recall"])
+@pytest.mark.parametrize("kw", [{}, RECALL, COMPARE], ids=["plain", "recall", "compare"])
 def test_score_is_length_normalised_log_prob(kw):
     """Recompute every beam's log-probability by teacher forcing: the state search carried (with recall, the
     memory too) was reordered with its beam at every step."""
@@ -476,3 +477,34 @@ def test_recall_reads_back_where_an_earlier_word_looked():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     with pytest.raises(ValueError, match="no recall memory"):  # asked of a decoder without one
         make_decoder()(feats(3), torch.tensor([[START_ID, 5, 6, END_ID]] * 3), recall_weights=True)
+
+
+def test_compare_gives_the_output_the_attended_centre_minus_the_recalled_one():
+    """delta_t = xy(alpha_t) - sum_j w_tj xy(entry j), where entry j's place is the centre its step attended
+    (entry 0, <start>'s, the image centre): recomputed here from the attention and recall weights that forward
+    returns, against what the deep output's delta layer receives."""
+    with pytest.raises(ValueError, match="recall and coords"):
+        make_decoder(compare=True, recall=True)
+    with pytest.raises(ValueError, match="recall and coords"):
+        make_decoder(compare=True, coords=True)
+    dec = make_decoder(**COMPARE).eval()
+    seen = []
+    dec.L_d.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    tokens = torch.tensor([[START_ID, 5, 6, 7, 8]] * 3)
+    with torch.no_grad():
+        _, alphas, weights = dec(feats(3), tokens, recall_weights=True)  # (B, T-1, N), (B, T-1, T-1)
+    h, w = dec.cfg.grid
+    xy = torch.tensor([[(2 * c + 1) / w - 1, (2 * r + 1) / h - 1] for r in range(h) for c in range(w)])  # (N, 2)
+    centres = alphas @ xy  # (B, T-1, 2): where each step looked
+    places = torch.cat([torch.zeros(3, 1, 2), centres], 1)  # (B, T, 2): entry j's place
+    for t in range(tokens.shape[1] - 1):
+        expected = centres[:, t] - (weights[:, t, : t + 1].unsqueeze(1) @ places[:, : t + 1]).squeeze(1)
+        assert torch.allclose(seen[t], expected, atol=1e-5), t
+    assert seen[3].abs().max() > 1e-3  # not trivially zero
+    dec.train()
+    logits, _ = dec(feats(3), tokens)
+    logits.sum().backward()
+    for name in ("L_d", "f_delta"):
+        grad = getattr(dec, name).weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert "L_d.weight" not in make_decoder(**RECALL).state_dict()  # off: what older checkpoints load as

@@ -691,6 +691,29 @@ def test_attention_targets_of_the_world_references(references):
 
 
 @pytest.mark.parametrize("caption, expected", [
+    ("a red circle is to the left of a blue square", ["to", "the", "left"]),  # not "is", not "of"
+    ("a red circle above a blue square", ["above"]),
+    ("a blue square with a red circle to its left", ["to", "its", "left"]),
+    ("a blue square is to the right of a red circle and below a green cross", ["to", "the", "right", "below"]),
+    ("a red circle on the left a green cross in the middle and a blue square on the right",
+     ["on", "the", "left", "in", "the", "middle", "on", "the", "right"]),
+])
+def test_relation_span_targets_cover_the_phrase_up_to_the_deciding_word(caption, expected):
+    """With span (train.py --compare) the words before the deciding one look where it looks and read back what it
+    reads back: "to" already says the relation is left/right, not above/below."""
+    toks = caption.split()
+    objects = dict(S.attention_targets(toks, SCENE))
+    spanned = dict(S.attention_targets(toks, SCENE, span=True))
+    relation_words = [k for k in spanned if toks[k] not in S.COLOURS and toks[k] not in S._SHAPE_FORMS]
+    assert [toks[k] for k in sorted(relation_words)] == expected
+    recalls = dict(S.recall_targets(toks, SCENE, span=True))
+    assert sorted(recalls) == sorted(relation_words)
+    for k in relation_words:  # each word of a phrase: its deciding word's object and entry
+        deciding = min(j for j in dict(S.recall_targets(toks, SCENE)) if j >= k)
+        assert spanned[k] == objects[deciding] and recalls[k] == recalls[deciding]
+
+
+@pytest.mark.parametrize("caption, expected", [
     ("a red circle is to the left of a blue square", [("left", "circle")]),
     ("a blue square with a red circle to its left", [("left", "circle")]),
     ("a red circle is to the left of a blue square and a green cross above it",

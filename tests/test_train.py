@@ -344,15 +344,17 @@ def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path
     assert train.second_stage(args, train.train_config(args)).att_supervision == 0
 
 
-def _supervised_dataset(world, tmp_path, cfg):
+def _supervised_dataset(world, tmp_path, cfg, compare=False):
     """The model of the run in tmp_path/5 and its train split with every reference, carrying the targets
-    that training builds for cfg (training._attention_targets: what a supervised run uses)."""
+    that training builds for cfg (training._attention_targets: what a supervised run uses); `compare`: as
+    for a model with --compare (whose targets cover each relation's phrase)."""
     from captioner.features import CaptionFeatureDataset, FeatureCache
     from captioner.model import Captioner
     from captioner.sources import shapes_source
     from captioner.text import tokenize
     from captioner.training import _attention_targets
     model = Captioner.from_model_state(load_checkpoint(tmp_path / "5" / "best.pt")["model"])
+    model.cfg.decoder.compare = compare
     source = shapes_source(world, generate=False)
     records = source.split("train")
     tokens = {r.image_id: [tokenize(c) for c in r.captions] for r in records}
@@ -385,6 +387,14 @@ def test_recall_supervision_reads_back_the_subject(world, tmp_path, capsys):
     assert len(pairs) > 20 and all(w in _DECIDING and s in SHAPES for w, s in pairs), pairs[:5]
     batch = collate_captions([ds[0], ds[1], ds[2]])
     assert len(batch) == 4 and batch[3].shape == batch[1][:, 1:].shape and batch[3].dtype == torch.long
+    # a --compare model's targets: each relation's phrase reads back the entry its deciding word reads
+    _, spanned = _supervised_dataset(world, tmp_path, TrainConfig(recall=True, recall_supervision=1.0), compare=True)
+    phrase = []
+    for i in range(len(spanned)):
+        _, ids, _, entries = spanned[i]
+        phrase += [(model.vocab.itos[ids[t + 1]], model.vocab.itos[ids[e]]) for t, e in enumerate(entries.tolist())
+                   if e >= 0]
+    assert set(pairs) < set(phrase) and {w for w, _ in phrase} - _DECIDING == {"to", "the", "its", "on", "at", "in"}
 
     with pytest.raises(SystemExit):  # TrainConfig refuses it: argparse reports it
         train.main(train_args(world, tmp_path / "x", tmp_path / "cache", 1, recall_supervision="1"))
