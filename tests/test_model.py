@@ -483,9 +483,9 @@ def test_compare_gives_the_output_the_attended_centre_minus_the_recalled_one():
     """delta_t = xy(alpha_t) - sum_j w_tj xy(entry j), where entry j's place is the centre its step attended
     (entry 0, <start>'s, the image centre): recomputed here from the attention and recall weights that forward
     returns, against what the deep output's delta layer receives."""
-    with pytest.raises(ValueError, match="recall and coords"):
+    with pytest.raises(ValueError, match="needs recall and coords"):
         make_decoder(compare=True, recall=True)
-    with pytest.raises(ValueError, match="recall and coords"):
+    with pytest.raises(ValueError, match="needs recall and coords"):
         make_decoder(compare=True, coords=True)
     dec = make_decoder(**COMPARE).eval()
     seen = []
