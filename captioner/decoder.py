@@ -60,8 +60,9 @@ class DecoderConfig:
     recall: bool = False
     # With recall and coords (not in the paper): the deep output also sees the difference between the place this
     # step attends to and the place its recall reads back, delta_t = xy(alpha_t) - sum_j w_tj xy(alpha_j), where
-    # xy(alpha) = sum_i alpha_i (x_i, y_i) is the attended centre (exact, not learned), gated by h_t. "left of"
-    # is then a read-out of two numbers: where the other object lies against the subject it named before.
+    # xy(alpha) = sum_i alpha_i (x_i, y_i) is the attended centre (exact, not learned), and |delta_t|, gated by h_t.
+    # "left of" is then a read-out of two numbers, where the other object lies against the subject it named before;
+    # and which axis to state ("to" or "above") of |dx| - |dy|, which a tanh layer cannot make of dx, dy (odd).
     compare: bool = False
     attention: str = "soft"  # "soft" (section 4.2), "hard" (section 4.1: sampled locations in training), "none"
 
@@ -147,7 +148,7 @@ class Decoder(nn.Module):
             self.recall_query = nn.Linear(n, R, bias=False)  # from h_{t-1}
             self.L_r = nn.Linear(R, m, bias=False)
         if cfg.compare:
-            self.L_d = nn.Linear(2, m, bias=False)  # delta_t (B, 2) -> the deep output
+            self.L_d = nn.Linear(4, m, bias=False)  # (delta_t, |delta_t|) (B, 4) -> the deep output
             self.f_delta = nn.Linear(n, 1)  # its gate, from h_t: a place difference matters at relation words
         self.lstm = nn.LSTMCell(m + D + R, n)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -249,7 +250,7 @@ class Decoder(nn.Module):
         if self.cfg.compare:
             places = torch.cat([state[6], state[4][:, -2:].unsqueeze(1)], dim=1)  # (B, t + 1, 2): entries' centres
             delta = read[:, -2:] - torch.bmm(w.unsqueeze(1), places).squeeze(1)  # (B, 2): here - recalled place
-            pre = pre + torch.sigmoid(self.f_delta(h)) * self.L_d(delta)
+            pre = pre + torch.sigmoid(self.f_delta(h)) * self.L_d(torch.cat([delta, delta.abs()], dim=1))
         logits = self.L_o(self.dropout(torch.tanh(pre)))
         state = (h, c, keys, values, read, w) if self.cfg.recall else (h, c)
         if self.cfg.compare:

@@ -482,7 +482,7 @@ def test_recall_reads_back_where_an_earlier_word_looked():
 def test_compare_gives_the_output_the_attended_centre_minus_the_recalled_one():
     """delta_t = xy(alpha_t) - sum_j w_tj xy(entry j), where entry j's place is the centre its step attended
     (entry 0, <start>'s, the image centre): recomputed here from the attention and recall weights that forward
-    returns, against what the deep output's delta layer receives."""
+    returns, against what the deep output's delta layer receives (delta_t and |delta_t|)."""
     with pytest.raises(ValueError, match="needs recall and coords"):
         make_decoder(compare=True, recall=True)
     with pytest.raises(ValueError, match="needs recall and coords"):
@@ -499,7 +499,7 @@ def test_compare_gives_the_output_the_attended_centre_minus_the_recalled_one():
     places = torch.cat([torch.zeros(3, 1, 2), centres], 1)  # (B, T, 2): entry j's place
     for t in range(tokens.shape[1] - 1):
         expected = centres[:, t] - (weights[:, t, : t + 1].unsqueeze(1) @ places[:, : t + 1]).squeeze(1)
-        assert torch.allclose(seen[t], expected, atol=1e-5), t
+        assert torch.allclose(seen[t], torch.cat([expected, expected.abs()], 1), atol=1e-5), t
     assert seen[3].abs().max() > 1e-3  # not trivially zero
     dec.train()
     logits, _ = dec(feats(3), tokens)
