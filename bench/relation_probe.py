@@ -15,6 +15,8 @@ reference's word: 50% is guessing, 100% knowing. Counted per form of the claim:
   pronoun    "... and C to its left", "... and C above it", "... and C to the left of it"
              (the relation to an object already named)
   position   "A in the top left" (a place in the image: 3 x 3)
+  axis       the word that chooses the axis of a direct or pronoun claim: "to" (left/right) against
+             "above" + "below", at "A [is] TO the left of B" / "A ABOVE B" / "... with A TO its left"
 
 The ordering form ("A on the left and B on the right") is left out: the world names the objects
 in their order along the axis, so once "on the"/"at the" is written its words follow from the
@@ -109,7 +111,32 @@ def probe(model, records, cache, objects, image_sizes, batch_size: int = 100) ->
                         st["alpha_subject"].append(float((a * boxes[fits[0]]).sum()))
                         st["alpha_others"].append(float(sum((a * boxes[j]).sum() for j in range(len(objs))
                                                             if j != fits[0])))
+                axis_words(toks, objs, logp[k], alphas[k].numpy(), boxes, vocab, stats["axis"])
     return stats
+
+
+AXIS = {"to": ("to",), "above": ("above", "below"), "below": ("above", "below")}  # a word -> its axis' words
+
+
+def axis_words(toks, objs, logp, alphas, boxes, vocab, st) -> None:
+    """The axis row of `probe` for one reference: at the first word of each direct or pronoun claim's phrase
+    (scene_metrics' relation phrase: "to" / "above" / "below"), P(its axis' words) against P(the other axis')."""
+    from captioner.scene_metrics import _matches, _relation_words, relation_statements
+
+    forms = {st_.subject.start: st_.form for st_ in relation_statements(toks)}
+    first: dict[tuple[int, int], tuple[int, int]] = {}
+    for i, phrase, other in _relation_words(toks, objs, span=True):
+        first.setdefault((phrase.start, other), (i, _matches(phrase, objs)[0]))
+    for (start, _), (i, subject) in first.items():
+        if toks[i] not in AXIS or forms.get(start) == "positional" or any(w not in vocab.stoi for w in ("to", "above")):
+            continue
+        p = logp[i].exp().numpy()
+        ours = sum(p[vocab.stoi[w]] for w in AXIS[toks[i]] if w in vocab.stoi)
+        theirs = sum(p[vocab.stoi[w]] for w in AXIS["above" if toks[i] == "to" else "to"] if w in vocab.stoi)
+        st["knows"].append(float(ours > theirs))
+        st["p_right"].append(float(ours / (ours + theirs)))
+        st["alpha_subject"].append(float((alphas[i] * boxes[subject]).sum()))
+        st["alpha_others"].append(float(sum((alphas[i] * boxes[j]).sum() for j in range(len(objs)) if j != subject)))
 
 
 def linear_readout(model, records, cache, objects, image_sizes, batch_size: int = 100) -> dict:
@@ -229,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         model = Captioner.from_checkpoint(ck)
         cache = split_features(model, records, args.cache_dir, source.name, args.split, progress=False)
         stats = probe(model, records, cache, source.objects[args.split], source.image_sizes[args.split])
-        for form in ("direct", "pronoun", "position"):
+        for form in ("direct", "pronoun", "position", "axis"):
             st = stats.get(form)
             if not st:
                 continue

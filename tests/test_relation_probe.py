@@ -15,7 +15,7 @@ import relation_probe  # noqa: E402
 
 from captioner.encoder import EncoderConfig  # noqa: E402
 from captioner.model import Captioner  # noqa: E402
-from captioner.scene_metrics import relation_statements  # noqa: E402
+from captioner.scene_metrics import _matches, relation_statements  # noqa: E402
 from captioner.sources import shapes_source  # noqa: E402
 from captioner.text import Vocab, tokenize  # noqa: E402
 
@@ -45,7 +45,8 @@ def test_every_relation_claim_of_the_world_is_found_once(world):
 def test_the_probe_reads_a_model_that_only_ever_says_left(world, tmp_path):
     """A decoder whose output layer always prefers "left" prefers the true word exactly when the
     reference says "left" (for "above"/"below" it ties, which is no preference): the probe counts
-    every claim and its share is the share of "left" claims."""
+    every claim and its share is the share of "left" claims. It prefers "to" too: at the word that chooses the
+    axis it is right exactly for the left/right claims (one per direct or pronoun statement)."""
     from captioner.evaluation import split_features
 
     source = shapes_source(world, generate=False)
@@ -55,16 +56,24 @@ def test_the_probe_reads_a_model_that_only_ever_says_left(world, tmp_path):
         model.decoder.L_o.weight.zero_()
         model.decoder.L_o.bias.zero_()
         model.decoder.L_o.bias[vocab.stoi["left"]] = 5.0
+        model.decoder.L_o.bias[vocab.stoi["to"]] = 5.0
     records = source.split("test")
     cache = split_features(model, records, str(tmp_path / "cache"), source.name, "test", progress=False)
     stats = relation_probe.probe(model, records, cache, source.objects["test"], source.image_sizes["test"])
-    words = []
+    words, axes = [], []
     for r in records:
-        if len(source.objects["test"][r.image_id]) >= 2:
+        objs = source.objects["test"][r.image_id]
+        if len(objs) >= 2:
             for c in r.captions:
                 toks = tokenize(c)
+                axes += ["left" in st.relation or "right" in st.relation for st in relation_statements(toks)
+                         if st.form != "positional" and len(_matches(st.subject, objs)) == 1
+                         and len(_matches(st.object, objs)) == 1
+                         and _matches(st.subject, objs) != _matches(st.object, objs)]
                 words += [(relation_probe.claim_form(toks, i), w) for i, w in enumerate(toks)
                           if w in relation_probe.OPPOSITE and relation_probe.claim_form(toks, i)]
+    axis = stats.pop("axis")
+    assert len(axis["knows"]) == len(axes) > 5 and sum(axis["knows"]) == sum(axes) < len(axes)
     for form, st in stats.items():
         said = [w for f, w in words if f == form]
         assert len(st["knows"]) == len(said)
