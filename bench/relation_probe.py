@@ -121,18 +121,19 @@ AXIS = {"to": ("to",), "above": ("above", "below"), "below": ("above", "below")}
 def axis_words(toks, objs, logp, alphas, boxes, vocab, st) -> None:
     """The axis row of `probe` for one reference: at the first word of each direct or pronoun claim's phrase
     (scene_metrics' relation phrase: "to" / "above" / "below"), P(its axis' words) against P(the other axis')."""
-    from captioner.scene_metrics import _matches, _relation_words, relation_statements
+    from captioner.scene_metrics import _matches, _relation_words
 
-    forms = {st_.subject.start: st_.form for st_ in relation_statements(toks)}
-    first: dict[tuple[int, int], tuple[int, int]] = {}
+    if any(w not in vocab.stoi for w in ("to", "above", "below")):
+        return
+    first: dict[tuple[int, int], tuple[int, int]] = {}  # (subject phrase, other object) -> its phrase's first word
     for i, phrase, other in _relation_words(toks, objs, span=True):
         first.setdefault((phrase.start, other), (i, _matches(phrase, objs)[0]))
-    for (start, _), (i, subject) in first.items():
-        if toks[i] not in AXIS or forms.get(start) == "positional" or any(w not in vocab.stoi for w in ("to", "above")):
+    for i, subject in first.values():
+        if toks[i] not in AXIS:  # an ordering's "on" / "at" / "in": not a direct or pronoun claim
             continue
         p = logp[i].exp().numpy()
-        ours = sum(p[vocab.stoi[w]] for w in AXIS[toks[i]] if w in vocab.stoi)
-        theirs = sum(p[vocab.stoi[w]] for w in AXIS["above" if toks[i] == "to" else "to"] if w in vocab.stoi)
+        ours = sum(p[vocab.stoi[w]] for w in AXIS[toks[i]])
+        theirs = sum(p[vocab.stoi[w]] for w in AXIS["above" if toks[i] == "to" else "to"])
         st["knows"].append(float(ours > theirs))
         st["p_right"].append(float(ours / (ours + theirs)))
         st["alpha_subject"].append(float((alphas[i] * boxes[subject]).sum()))
