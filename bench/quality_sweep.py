@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# References stating where things are: relations, positions, "to its left".
-RELATIONAL = r"\b(left|right|above|below|top|bottom|middle|centre|its)\b"
+import train  # noqa: E402
+from train import RELATIONAL  # noqa: E402  (references stating where things are)
+
 VARIANTS = {  # name -> train.py options on top of --preset shapes (each says every option it varies)
     "base": ["--coords", "false"],
     "coords": ["--coords", "true"],
@@ -90,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report-only", action="store_true", help="print the table of the runs on disk")
     args = p.parse_args(argv)
     import evaluate
-    import train
 
     results: dict[tuple[str, int, str], dict] = {}
     for name in args.variants:
@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
             opts = [o.replace("EPOCHS-2", str(args.epochs - 2)) for o in VARIANTS[name]]
             out = run / "scst" if "--then-scst" in opts else run  # where the model to score is
             if not args.report_only and not (out / "summary.json").is_file():
-                train.main(["--preset", "shapes", "--out", str(run), "--epochs", str(args.epochs), "--seed", str(seed),
-                            "--resume", "auto", "--no-progress", "--then-scst", "0", *train.CIDER_D_STAGE, *opts])
+                train.main(["--preset", "shapes", "--out", str(run), "--epochs", str(args.epochs),
+                            "--seed", str(seed), "--resume", "auto", "--no-progress", "--then-scst", "0",
+                            *train.CIDER_D_STAGE, *opts])
             for split in SPLITS:
                 metrics = out / "eval" / f"metrics_{split}_beam3.json"
                 if not args.report_only and (out / "best.pt").is_file() and (args.rescore or not metrics.is_file()):

@@ -298,6 +298,20 @@ def test_the_presets_truth_reward_goes_to_its_self_critical_stage_only(tmp_path)
     assert [getattr(scst, k) for k in TRUTH_WEIGHTS] == [train.PRESETS["shapes"].get(k, 0.0) for k in TRUTH_WEIGHTS]
     alone = train.train_config(train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"]))
     assert alone.truth_reward  # the preset's stage run on its own
+    # shapes-relations: its stage chosen by val scene accuracy, also run alone, without the cross-entropy stage's
+    # supervision terms; the demo preset's by CIDEr
+    assert xe.val_metric == scst.val_metric == alone.val_metric == "CIDEr"
+    rel = train.parse_args(["--preset", "shapes-relations"])
+    rel_xe, rel_scst = train.train_config(rel), train.second_stage(rel, train.train_config(rel))
+    rel_alone = train.train_config(train.parse_args(["--preset", "shapes-relations", "--scst", "true",
+                                                     "--init-from", "x.pt"]))
+    assert rel_xe.val_metric == "CIDEr" and rel_scst.val_metric == rel_alone.val_metric == "scene_accuracy"
+    assert rel_xe.att_supervision and rel_xe.recall_supervision and rel_xe.compare
+    assert not (rel_scst.att_supervision or rel_scst.recall_supervision)
+    assert not (rel_alone.att_supervision or rel_alone.recall_supervision) and rel_alone.truth_reward
+    assert (rel_scst.scst_true_relation, rel_scst.scst_false_relation) == (2.0, 2.0)
+    assert train.train_config(train.parse_args(["--preset", "shapes-relations", "--scst", "true", "--init-from",
+                                                "x.pt", "--val-metric", "BLEU-4"])).val_metric == "BLEU-4"
     for argv in (["--then-scst", "0"], ["--data", "coco"]):
         args = train.parse_args(["--preset", "shapes", *argv])
         stages = [train.train_config(args), train.second_stage(args, train.train_config(args))]
