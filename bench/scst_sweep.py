@@ -64,13 +64,15 @@ def _job(name: str, seed: int, xe: str, args: argparse.Namespace, lock: threadin
                 print(f"[{name}-s{seed}] {' '.join(cmd[1:4])} ...", flush=True)
             subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                            check=True)
+        data = [*(["--shapes-dir", args.shapes_dir] if args.shapes_dir else []),
+                *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
         if not (out / "summary.json").is_file():
             run(["train.py", *STAGE, "--init-from", xe, "--seed", str(seed), "--out", str(out),
-                 "--device", args.device, "--resume", "auto", *VARIANTS[name], *args.extra])
+                 "--device", args.device, "--resume", "auto", *data, *VARIANTS[name], *args.extra])
         for split in args.splits:
             if not (out / "eval" / f"metrics_{split}_beam3.json").is_file():
                 run(["evaluate.py", "--checkpoint", str(out / "best.pt"), "--split", split, "--out", str(out / "eval"),
-                     "--no-meteor", "--no-progress", "--device", args.device,
+                     "--no-meteor", "--no-progress", "--device", args.device, *data,
                      *(["--max-images", str(args.max_images)] if args.max_images else [])])
 
 
@@ -92,7 +94,7 @@ def report(args: argparse.Namespace, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--xe", action="append", required=True, metavar="SEED=PATH",
                    help="a cross-entropy model to start from, and the seed of the stages from it (repeat)")
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=1, help="stages run at once (one process, one thread each)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(ROOT / "runs" / "scst_sweep"))
+    p.add_argument("--shapes-dir", help="the shapes world (default: train.py's, data/shapes)")
+    p.add_argument("--cache-dir", help="feature cache root (default: train.py's, cache)")
     p.add_argument("--max-images", type=int, help="evaluate on this many images of each split (smoke runs)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="train.py options added to every stage (e.g. --max-train-images 64 for a smoke run)")
@@ -114,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--xe {item!r}: expected SEED=PATH of an existing checkpoint")
         xes[int(seed)] = path
     seeds = sorted(xes)
+    failed = []
     if not args.report_only:
         lock = threading.Lock()
-        failed = []
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = {pool.submit(_job, name, seed, xes[seed], args, lock): f"{name}-s{seed}"
                        for name in args.variants for seed in seeds}
@@ -128,12 +132,13 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"[{label}] failed ({exc}); see {Path(args.out) / label / 'log.txt'}", flush=True)
                 if args.report:
                     Path(args.report).write_text(report(args, seeds) + "\n")
-        if failed:
-            print(f"failed: {' '.join(failed)}")
     text = report(args, seeds)
     print(text)
     if args.report:
         Path(args.report).write_text(text + "\n")
+    if failed:
+        raise SystemExit(f"failed: {' '.join(failed)}")
+    return text
 
 
 if __name__ == "__main__":
