@@ -79,7 +79,8 @@ class Ablations:
     def folder(self, name: str, seed: int) -> Path:
         return self.out / f"{name}-s{seed}"
 
-    def _run(self, cmd: list[str], log: Path) -> None:
+    def run(self, cmd: list[str], log: Path) -> None:
+        """Run one train.py / evaluate.py process with this sweep's threads, its output appended to log."""
         log.parent.mkdir(parents=True, exist_ok=True)
         print("$", " ".join(cmd), flush=True)
         with open(log, "a") as f:
@@ -110,7 +111,7 @@ class Ablations:
                 opts += ["--scst", "true", "--epochs", str(a.scst_epochs), "--scst-samples", str(a.scst_samples)]
             else:
                 opts += ["--epochs", str(self._equal_time_epochs(seed))]
-        self._run([sys.executable, "train.py", "--out", str(out), *self._common(seed), *opts], out / "train.log")
+        self.run([sys.executable, "train.py", "--out", str(out), *self._common(seed), *opts], out / "train.log")
 
     def _equal_time_epochs(self, seed: int) -> int:
         """Cross-entropy epochs that take what soft+scst's training took (from the runs' own timings)."""
@@ -125,7 +126,7 @@ class Ablations:
             if (out / "eval" / f"metrics_{split}_beam3.json").is_file() or not (out / "best.pt").is_file():
                 continue
             world = ["--shapes-dir", self.a.shapes_dir] if self.a.shapes_dir else []
-            self._run([sys.executable, "evaluate.py", "--checkpoint", str(out / "best.pt"), "--split", split,
+            self.run([sys.executable, "evaluate.py", "--checkpoint", str(out / "best.pt"), "--split", split,
                        "--out", str(out / "eval"), "--no-meteor", "--no-progress", "--device", self.a.device,
                        "--cache-dir", self.a.cache_dir, *world], out / "eval.log")
 

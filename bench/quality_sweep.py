@@ -81,6 +81,17 @@ def _cell(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.3f}" + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
 
 
+def table_lines(names, runs_of) -> list[str]:
+    """A markdown table, one row per name with runs: `runs_of(name)` gives its runs' metrics dicts."""
+    lines = [f"| variant | runs | {' | '.join(KEYS)} |", "|---|---|" + "---|" * len(KEYS)]
+    for name in names:
+        runs = runs_of(name)
+        if runs:
+            lines.append(f"| {name} | {len(runs)} | " + " | ".join(_cell([r.get(k) for r in runs]) for k in KEYS)
+                         + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=8)
@@ -111,12 +122,9 @@ def main(argv: list[str] | None = None) -> None:
                     results[(name, seed, split)] = json.loads(metrics.read_text())["metrics"]
     for split in SPLITS:
         print(f"\n{split} (beam 3; {args.epochs} epochs; seeds {' '.join(map(str, args.seeds))})\n")
-        print(f"| variant | runs | {' | '.join(KEYS)} |")
-        print("|---|---|" + "---|" * len(KEYS))
-        for name in args.variants:
-            runs = [results[(name, s, split)] for s in args.seeds if (name, s, split) in results]
-            if runs:
-                print(f"| {name} | {len(runs)} | " + " | ".join(_cell([r.get(k) for r in runs]) for k in KEYS) + " |")
+        runs = {name: [results[(name, s, split)] for s in args.seeds if (name, s, split) in results]
+                for name in args.variants}
+        print("\n".join(table_lines(args.variants, runs.get)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_sweep_runs_each_variant_from_the_model_once_and_reports_it(tmp_path):
     out = tmp_path / "sweep"
     argv = ["--xe", f"3={tmp_path / 'xe' / 'best.pt'}", "--variants", "t2f2", "t1f2-mean", "--splits", "test",
             "--jobs", "2", "--out", str(out), "--shapes-dir", str(world), "--cache-dir", str(cache),
-            "--max-images", "6", "--extra", "--epochs", "1", "--batch-size", "8", "--max-train-images", "16",
+            "--extra", "--epochs", "1", "--batch-size", "8", "--max-train-images", "16",
             "--max-val-images", "6", "--val-beam", "1", "--scst-samples", "2", "--sample-max-len", "12"]
     table = scst_sweep.main(argv)
     rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in table.splitlines()
