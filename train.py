@@ -27,7 +27,7 @@ import yaml
 from captioner.atomic import atomic_write_text, exclusive
 from captioner.checkpoint import load_checkpoint
 from captioner.training import DECODER_OPTIONS, ENCODER_OPTIONS, TRUTH_WEIGHTS, TrainConfig
-from cli import add_data_args, add_options, data_source_rank0_first, setup_logging
+from cli import DEFAULT_SHAPES_DIR, add_data_args, add_options, data_source_rank0_first, setup_logging
 
 # References that state where things are: relations, positions, "to its left" (--prefer-captions).
 RELATIONAL = r"\b(left|right|above|below|top|bottom|middle|centre|its)\b"
@@ -51,6 +51,8 @@ PRESETS["shapes-relations"] = {
     **PRESETS["shapes"], "out": "runs/shapes-relations", "att_supervision": 1.0, "recall": True,
     "recall_supervision": 1.0, "compare": True, "prefer_captions": RELATIONAL, "prefer_weight": 2.0,
     "scst_true_relation": 2.0, "scst_false_relation": 2.0, "then_scst_val_metric": "scene_accuracy"}
+# Weights of self-critical terms: a --then-scst run gives them to its second stage, not its first.
+SCST_TERMS = (*TRUTH_WEIGHTS, "scst_xe")
 # The preset's self-critical stage as it was before the truth reward: CIDEr-D alone at 2e-4. What the ablation
 # table and the quality sweep measured (bench/), and keep measuring, on top of --preset shapes.
 CIDER_D_STAGE = ["--then-scst-lr", "2e-4", *(x for k in TRUTH_WEIGHTS for x in ("--" + k.replace("_", "-"), "0"))]
@@ -91,7 +93,7 @@ def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | No
                    lr=args.then_scst_lr or 2e-4, warmup_steps=0, patience=0,
                    val_metric=args.then_scst_val_metric or cfg.val_metric,
                    att_supervision=0.0, recall_supervision=0.0,  # terms of the cross-entropy stage
-                   **{k: getattr(args, k) for k in TRUTH_WEIGHTS if getattr(args, k, None) is not None},
+                   **{k: getattr(args, k) for k in SCST_TERMS if getattr(args, k, None) is not None},
                    resume="auto" if cfg.resume else None)  # a resumed command continues the stage cut short
 
 
@@ -129,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # stage, or on other data, they are left out (the same options given by the user are still checked).
         for k in set(TRUTH_WEIGHTS) & (set(PRESETS[args.preset]) - set(loaded) - given):
             setattr(args, k, None)
+    if args.shapes_dir is None:  # (config.yaml states the folder)
+        args.shapes_dir = str(DEFAULT_SHAPES_DIR)
     if args.then_scst is not None and args.then_scst < 0:
         parser.error(f"--then-scst must be 0 or more epochs, not {args.then_scst}")
     try:  # refuse a bad option value now, before any data is read
@@ -141,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     if args.then_scst and not kw.get("scst"):  # a cross-entropy stage: second_stage gives these to the next one
-        for k in TRUTH_WEIGHTS:
+        for k in SCST_TERMS:
             kw.pop(k, None)
     return TrainConfig(**kw)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ablations import Ablations  # noqa: E402
 from bench.quality_sweep import table_lines  # noqa: E402
-from train import PRESETS  # noqa: E402
+from train import PRESETS, RELATIONAL  # noqa: E402
 
 # The stage as --preset shapes runs it after its cross-entropy epochs (train.second_stage: its epochs and rate, no
 # warm-up, no early stop; the preset's truth weights and val CIDEr unless a variant or --extra sets them;
@@ -50,6 +50,12 @@ VARIANTS = {  # name -> the weights it varies (t: true relation, f: false relati
     "t2f2-m3p2": ["--scst-true-relation", "2", "--scst-false-relation", "2", "--scst-missed", "3",
                   "--scst-phantom", "2"],
 }
+# With the mixed objective (--scst-xe gamma, Paulus et al. 2018): gamma x the cross-entropy of one reference per
+# image, drawn as --preset shapes-relations draws them (relation-stating references twice as likely), holds the
+# model to the references' relation statements while the reward moves it.
+MIXED = ["--prefer-captions", RELATIONAL, "--prefer-weight", "2"]
+VARIANTS.update({f"t2f2-x{g}": [*VARIANTS["t2f2"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
+VARIANTS.update({f"t3f3-x{g}": [*VARIANTS["t3f3"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
 # The same with the mean of the other samples of the image as the baseline instead of the greedy caption's
 # reward: each image then weighs a caption that states a relation against one that does not.
 VARIANTS.update({f"{k}-mean": [*v, "--scst-baseline", "mean"] for k, v in list(VARIANTS.items())})

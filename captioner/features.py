@@ -429,7 +429,7 @@ def cached_features(encoder: Encoder, records: Sequence[ImageRecord], cache_root
     return FeatureView(parts, records)
 
 
-def _reference_index(seed: int, epoch: int, index: int, n: int, weights: Sequence[float] | None = None) -> int:
+def reference_index(seed: int, epoch: int, index: int, n: int, weights: Sequence[float] | None = None) -> int:
     """Which of n reference captions item `index` uses this epoch: random, but a function of
     (seed, epoch, index) alone, so any worker and any resumed run draws the same one.
     weights: relative chances of the n references (None: all alike)."""
@@ -495,7 +495,7 @@ class CaptionFeatureDataset(Dataset):
     def __getitem__(self, i: int):
         if self.per_image == "one":
             k = i
-            j = _reference_index(self.seed, self.epoch, i, len(self.captions[k]), self.weights[k])
+            j = reference_index(self.seed, self.epoch, i, len(self.captions[k]), self.weights[k])
         else:
             k, j = self.pairs[i]
         feats, tokens = self.image_features(k), torch.tensor(self.captions[k][j], dtype=torch.long)
@@ -552,7 +552,7 @@ class ImageCaptionDataset(Dataset):
         if error:
             log.warning("skipping unreadable image: %s", error)
             return None
-        j = _reference_index(self.seed, self.epoch, i, len(self.captions[i]), self.weights[i])
+        j = reference_index(self.seed, self.epoch, i, len(self.captions[i]), self.weights[i])
         return image, torch.tensor(self.captions[i][j], dtype=torch.long)
 
 

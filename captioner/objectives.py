@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from .decoder import attention_supervision, caption_loss, hard_attention_terms, recall_supervision
 from .distributed import ONE_PROCESS, Dist, all_reduce_sum
+from .features import reference_index
 from .reward import CiderD
 from .runtime import autocast
 from .sampling import WORDS, SampledCaptions, hard_draws, uniforms, words_of
@@ -183,7 +184,11 @@ class SelfCritical:
     --scst-wrong-count (shapes world), r also adds w_t x the caption's true relation statements and
     subtracts w_f x its false ones, w_p x its mentions of absent objects, w_m x the scene's objects
     it does not name and w_c x the numbers it states wrong (scene_metrics.truth_counts), for
-    samples and greedy caption alike. The loss is averaged over the sampled captions. With hard
+    samples and greedy caption alike. The loss is averaged over the sampled captions. With --scst-xe
+    gamma, gamma x the cross-entropy loss of one reference per image (teacher-forced, with the attention
+    regulariser; the reference drawn as the cross-entropy stage draws it in this epoch, --prefer-captions
+    included) is added: the mixed objective of Paulus et al. 2018, which holds the model to the
+    references' language (here: their relation statements) while the reward moves it. With hard
     attention the sampled locations are part of the policy: log p(w^s) includes their log
     alpha_t(s_t).
     The batch's `tokens` are dataset indices (one row per image), from which the references come.
@@ -217,8 +222,11 @@ class SelfCritical:
         locs = None
         if r.model.cfg.decoder.attention == "hard":
             locs = hard_draws(cfg.seed, step, B, L, cfg.hard_expectation_p, dist, inputs.device, samples=K)
+        teacher = (inputs, self.references(images, inputs.device)) if cfg.scst_xe else None
         with autocast(inputs.device, r.dtype):
-            tokens, logp, loc_logp, _ = r.net(inputs.repeat_interleave(K, dim=0), u, locs)
+            tokens, logp, loc_logp, _, *forced = r.net(inputs.repeat_interleave(K, dim=0), u, locs, teacher)
+            if forced:
+                _, ce, reg = caption_loss(*forced, teacher[1], cfg.att_lambda, cfg.att_reduction, cfg.objective)
         t1 = time.perf_counter()
         greedy_words = [g.best.tokens for g in greedy] if greedy is not None else []
         captions = words_of(tokens) + greedy_words  # the K samples of each image, then its greedy caption
@@ -246,6 +254,12 @@ class SelfCritical:
         if dist.enabled:
             _, f_row = global_factors(dist, index, rows=B)
             loss = loss * f_row
+        if teacher is not None:  # (a separate addition: runs without it keep their floats)
+            if dist.enabled:  # means over this rank's tokens (or captions) and captions -> the global batch's
+                f_tok, f_ref = global_factors(dist, teacher[1])
+                ce, reg = ce * (f_ref if cfg.objective == "paper" else f_tok), reg * f_ref
+            xe = ce + cfg.att_lambda * reg
+            loss = loss + cfg.scst_xe * xe
         update(loss, r.optimizer, r.scaler, r.trainable, cfg.grad_clip)
         lengths = (tokens != PAD_ID).sum(dim=1).float()  # <end> included
         step_s = time.perf_counter() - t0
@@ -255,7 +269,20 @@ class SelfCritical:
                "step_seconds": reward.new_tensor(step_s)}
         if truth is not None:  # the samples' mean truth term (part of "reward")
             out["truth"] = reward.new_tensor(truth[: B * K].mean())
+        if teacher is not None:  # the references' cross-entropy term (with its regulariser), unweighted
+            out["xe"] = xe.detach()
         return out
+
+    def references(self, images: list[int], device: torch.device) -> torch.Tensor:
+        """(B, T) the reference each image's cross-entropy term reads: the one the cross-entropy stage's
+        dataset draws for it in this epoch (seed, epoch, index; --prefer-captions weights), <pad>-filled."""
+        ds = self.run.train_ds.ds
+        refs = [ds.captions[k][reference_index(ds.seed, ds.epoch, k, len(ds.captions[k]), ds.weights[k])]
+                for k in images]
+        out = torch.full((len(refs), max(map(len, refs))), PAD_ID, dtype=torch.long)
+        for row, ref in enumerate(refs):
+            out[row, : len(ref)] = torch.as_tensor(ref)
+        return out.to(device)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

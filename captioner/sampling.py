@@ -56,6 +56,10 @@ class SampledCaptions(nn.Module):
       logp (B, T) log-probability of each emitted token under the sampling distribution (0 after <end>);
       loc_logp (B, T) log alpha_t(s_t) of each sampled location (0 where the expectation was read);
       alphas (B, T, N).
+    With `teacher` = (feats (B', N, C), tokens (B', T')), the same call also runs the decoder teacher-forced
+    on those references (self-critical training's cross-entropy term, --scst-xe) and appends its logits
+    (B', T'-1, V) and alphas (B', T'-1, N): one forward, as DDP needs. Hard attention reads the
+    expectation there.
     The sampling distribution is the decoder's softmax without <pad>, <start> and <unk> (the words
     search never emits), renormalised. What DDP wraps in self-critical training: one forward call.
     """
@@ -65,8 +69,10 @@ class SampledCaptions(nn.Module):
         self.decoder = decoder
 
     def forward(self, feats: torch.Tensor, u_words: torch.Tensor,
-                loc_draws: tuple[torch.Tensor, torch.Tensor] | None = None):
+                loc_draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+                teacher: tuple[torch.Tensor, torch.Tensor] | None = None):
         dec = self.decoder
+        forced = () if teacher is None else dec(*teacher)[:2]
         B = feats.shape[0]
         feats, proj = dec.prepare(feats)
         state = dec.init_state(feats)
@@ -92,7 +98,8 @@ class SampledCaptions(nn.Module):
             prev = word
             if bool(done.all()):
                 break
-        return torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(loc_logps, 1), torch.stack(alphas, 1)
+        return (torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(loc_logps, 1), torch.stack(alphas, 1),
+                *forced)
 
 
 def words_of(tokens: torch.Tensor) -> list[list[int]]:

@@ -40,15 +40,28 @@ def _path_tag(*paths: str | os.PathLike) -> str:
 
 
 def shapes_source(root: str | os.PathLike = "data/shapes", seed: int = 0, generate: bool = True,
-                  sizes: dict[str, int] | None = None) -> DataSource:
-    """The embedded shapes world, generated on first use; read through the Karpathy reader."""
+                  sizes: dict[str, int] | None = None, wide_train=None) -> DataSource:
+    """The embedded shapes world, generated on first use; read through the Karpathy reader.
+
+    wide_train (shapes.generate_world's: True, or some of shapes.WIDE_PARTS; False for none): the train
+    split the world must have; a missing world is generated with it, an existing one made otherwise is
+    refused (never regenerated: another run's world, and the features cached from it, stay as they are).
+    None: any."""
     from . import shapes
 
     root = Path(root)
     exists = (root / "world.json").is_file()
+    wide = {} if wide_train is None else {"wide_train": wide_train}
+    if exists and wide_train is not None:
+        found = shapes.wide_parts(shapes.load_world(root).get("wide_train", False))
+        if found != shapes.wide_parts(wide_train):
+            said = ", ".join(found) or "none"
+            raise ValueError(f"the shapes world in {root} has a train split widened by: {said}; this run asks for "
+                             f"{', '.join(shapes.wide_parts(wide_train)) or 'none'}. Give another --shapes-dir (it "
+                             "is generated there), or leave the world's width unasked")
     if generate and (not exists or sizes is not None):
         # An existing world is used as it is unless other sizes are asked for explicitly.
-        shapes.ensure_world(root, seed=seed, **({} if sizes is None else {"sizes": sizes}))
+        shapes.ensure_world(root, seed=seed, **({} if sizes is None else {"sizes": sizes}), **wide)
     elif not exists:
         raise FileNotFoundError(f"no shapes world at {root}: run python -m captioner.shapes --out {root}")
     world = shapes.load_world(root)

@@ -169,6 +169,9 @@ class TrainConfig:
     scst_wrong_count: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward "
                                           "per number it states wrong ('three shapes' before two objects; "
                                           "count_error_rate's errors)")
+    scst_xe: float = option(0.0, "self-critical training: add this weight x the cross-entropy loss of one reference "
+                                 "per image (drawn as the cross-entropy stage draws it, --prefer-captions too) to "
+                                 "the policy-gradient loss, the mixed objective of Paulus et al. 2018 (0: off)")
     # optimisation
     epochs: int = option(20, "epochs to train")
     batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")
@@ -253,6 +256,10 @@ class TrainConfig:
             if w and not self.scst:
                 raise ValueError(f"--{name.replace('_', '-')} weighs a self-critical reward: add --scst true "
                                  "(or use --then-scst)")
+        if self.scst_xe < 0:
+            raise ValueError(f"scst_xe must be 0 (off) or positive, not {self.scst_xe}")
+        if self.scst_xe and not self.scst:
+            raise ValueError("--scst-xe weighs a term of self-critical training: add --scst true (or use --then-scst)")
         if self.sample_max_len < 1:
             raise ValueError(f"sample_max_len must be >= 1, not {self.sample_max_len}")
 

@@ -288,18 +288,18 @@ def test_cache_format_is_versioned(tmp_path):
 
 
 def test_preferred_references_are_drawn_as_often_as_weighted():
-    from captioner.features import _reference_index, reference_weights
+    from captioner.features import reference_index, reference_weights
 
     caps = ["a red circle", "a red circle to the left of a blue square", "two shapes", "a blue square above it"]
     w = reference_weights(caps, r"\b(left|above)\b", 3.0)
     assert w == [1.0, 3.0, 1.0, 3.0]
     assert reference_weights(caps, None, 3.0) is None and reference_weights(caps, "left", 1.0) is None
-    draws = [_reference_index(0, epoch, 7, 4, w) for epoch in range(4000)]
+    draws = [reference_index(0, epoch, 7, 4, w) for epoch in range(4000)]
     share = sum(d in (1, 3) for d in draws) / len(draws)
     assert share == pytest.approx(6 / 8, abs=0.03)  # 3 + 3 of 1 + 3 + 1 + 3
-    assert draws == [_reference_index(0, epoch, 7, 4, w) for epoch in range(4000)]  # a function of its inputs
+    assert draws == [reference_index(0, epoch, 7, 4, w) for epoch in range(4000)]  # a function of its inputs
     # no preference: the draw of every earlier release (seeded runs keep their data order)
-    assert [_reference_index(5, e, 2, 5) for e in range(50)] == [
+    assert [reference_index(5, e, 2, 5) for e in range(50)] == [
         random.Random((5 * 1_000_003 + e) * 1_000_003 + 2).randrange(5) for e in range(50)]
 
 

@@ -157,6 +157,48 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
         (torch.tensor(g, dtype=torch.float64) @ signed).item(), abs=1e-5)
 
 
+def test_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_the_epoch_draws():
+    """--scst-xe gamma: the step's loss is the policy-gradient loss + gamma x the teacher-forced cross-entropy
+    (with the attention regulariser) of the reference the cross-entropy stage's dataset draws for that image in
+    that epoch (--prefer-captions weights included), for each image of the batch; 0 leaves the step as it was."""
+    from captioner.decoder import caption_loss
+    from captioner.features import reference_index
+
+    dec = decoder(seed=3)
+    f = feats(2, seed=4)
+    refs = [[[START_ID, 5, 6, END_ID], [START_ID, 7, 8, 9, 10, END_ID], [START_ID, 11, END_ID]],
+            [[START_ID, 12, 13, 14, END_ID], [START_ID, 15, END_ID]]]
+    weights = [[1.0, 5.0, 1.0], None]
+
+    def step(gamma: float, epoch: int) -> dict:
+        cfg = TrainConfig(scst=True, scst_samples=3, sample_max_len=L, seed=6, scst_xe=gamma, att_lambda=0.5)
+        ds = SimpleNamespace(captions=refs, seed=cfg.seed, epoch=epoch, weights=weights)
+        run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
+                              model=SimpleNamespace(decoder=dec, cfg=SimpleNamespace(decoder=dec.cfg)),
+                              net=SampledCaptions(dec), trainable=list(dec.parameters()),
+                              train_ds=SimpleNamespace(captions=refs, ds=ds),
+                              optimizer=torch.optim.SGD(dec.parameters(), lr=0.0))  # the decoder stays as it is
+        return SelfCritical(run)(f, torch.tensor([[0], [1]]), 0)
+
+    drawn = set()
+    for epoch in range(3):
+        chosen = [refs[k][reference_index(6, epoch, k, len(refs[k]), weights[k])] for k in range(2)]
+        drawn.add(tuple(map(tuple, chosen)))
+        tokens = torch.full((2, max(map(len, chosen))), PAD_ID, dtype=torch.long)
+        for row, ref in enumerate(chosen):
+            tokens[row, : len(ref)] = torch.tensor(ref)
+        expected, _, _ = caption_loss(*dec(f, tokens), tokens, 0.5, "mean", "token")
+        plain, mixed = step(0.0, epoch), step(0.7, epoch)
+        assert "xe" not in plain and mixed["xe"].item() == pytest.approx(expected.item(), rel=1e-5)
+        assert (mixed["loss"] - plain["loss"]).item() == pytest.approx(0.7 * expected.item(), rel=1e-4, abs=1e-6)
+        assert mixed["reward"].item() == plain["reward"].item()  # the same samples: the draws are untouched
+    assert len(drawn) > 1  # the epochs draw different references
+    with pytest.raises(ValueError, match="add --scst true"):
+        TrainConfig(scst_xe=0.5)
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(scst=True, scst_xe=-1)
+
+
 @pytest.fixture(scope="module")
 def xe(world, tmp_path_factory):
     """A tiny cross-entropy model to start self-critical training from."""
@@ -218,6 +260,31 @@ def test_two_processes_train_what_one_process_trains(world, xe, scst_run, tmp_pa
     wa = load_checkpoint(one_out / "last.pt")["model"]["decoder"]
     wb = load_checkpoint(tmp_path / "two" / "last.pt")["model"]["decoder"]
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_mixed_objective_trains_the_same_in_two_processes_and_goes_to_the_second_stage(world, xe, tmp_path):
+    """--scst-xe on a real run: the references' cross-entropy is logged each epoch, two processes (torchrun)
+    train what one trains, and with --then-scst it is the second stage's option, not the first's."""
+    argv = scst_args(world, xe, tmp_path / "one", 2, scst_xe=0.5, prefer_captions="left|right")
+    one = train.main(argv)
+    run_ok(torchrun(2, "train.py", *scst_args(world, xe, tmp_path / "two", 2, scst_xe=0.5,
+                                              prefer_captions="left|right")))
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    for a, b in zip(one["history"], two["history"], strict=True):
+        assert a["xe"] > 0 and math.isfinite(a["xe"])
+        for k in ("loss", "reward", "baseline", "xe"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (k, a, b)
+    wa = load_checkpoint(tmp_path / "one" / "last.pt")["model"]["decoder"]
+    wb = load_checkpoint(tmp_path / "two" / "last.pt")["model"]["decoder"]
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    plain = load_checkpoint(xe / "run" / "best.pt")["model"]["decoder"]
+    assert max((wa[k] - plain[k]).abs().max().item() for k in wa) > 1e-3  # it trained
+    args = train.parse_args(train_args(world, tmp_path / "s", xe / "cache", 1) + ["--then-scst", "1",
+                                                                                   "--scst-xe", "0.25"])
+    first = train.train_config(args)
+    assert first.scst_xe == 0 and train.second_stage(args, first).scst_xe == 0.25
+    with pytest.raises(SystemExit):  # a cross-entropy run alone has no self-critical term to weigh
+        train.parse_args(train_args(world, tmp_path / "x", xe / "cache", 1) + ["--scst-xe", "1"])
 
 
 def test_self_critical_needs_a_model_and_a_matching_stage(world, xe, tmp_path):

@@ -269,6 +269,33 @@ def test_regenerated_world_gets_a_new_cache_name(tmp_path):
     assert shapes_source(tmp_path, sizes={"train": 2, "val": 2}).name != first
 
 
+def test_a_wide_world_asked_for_is_generated_once_and_a_world_of_another_width_refused(tmp_path):
+    """--shapes-wide-train (what a preset trained on the wider world gives): a missing world is generated with
+    the train split asked for; an existing world of another width is refused, never regenerated over (another
+    run's world and the features cached from it stay as they are); not asking uses any world as it is."""
+    import argparse
+
+    import cli
+    from captioner.sources import shapes_source
+
+    sizes = {"train": 3, "val": 1}
+    wide = shapes_source(tmp_path / "wide", sizes=sizes, wide_train=True)
+    assert load_world(tmp_path / "wide")["wide_train"] is True
+    stamp = (tmp_path / "wide" / "world.json").stat().st_mtime_ns
+    args = argparse.Namespace(data="shapes", shapes_dir=str(tmp_path / "wide"), shapes_wide_train=[],
+                              karpathy_json=None, coco_captions=None)
+    assert cli.data_source(args).name == wide.name  # found as asked: used, not regenerated
+    assert shapes_source(tmp_path / "wide").name == wide.name  # not asked: the world as it is
+    assert (tmp_path / "wide" / "world.json").stat().st_mtime_ns == stamp
+    for asked, said in ((False, "none"), (["jpeg"], "jpeg")):
+        with pytest.raises(ValueError, match=f"widened by: backgrounds, jpeg, noise; this run asks for {said}"):
+            shapes_source(tmp_path / "wide", wide_train=asked)
+    shapes_source(tmp_path / "plain", sizes=sizes)
+    with pytest.raises(ValueError, match="widened by: none; this run asks for backgrounds, jpeg, noise"):
+        cli.data_source(argparse.Namespace(**{**vars(args), "shapes_dir": str(tmp_path / "plain")}))
+    assert (tmp_path / "wide" / "world.json").stat().st_mtime_ns == stamp
+
+
 def test_a_copy_of_the_world_keeps_its_identity_but_not_its_cache(tmp_path):
     """Checkpoints record the world's identity, which leaves the folder out (a clone elsewhere trains the
     same file bit for bit); the cache name keeps it, so that an edited copy is never served stale features."""
