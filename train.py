@@ -131,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # stage, or on other data, they are left out (the same options given by the user are still checked).
         for k in set(TRUTH_WEIGHTS) & (set(PRESETS[args.preset]) - set(loaded) - given):
             setattr(args, k, None)
+    if args.preset and not args.scst and not args.then_scst and "scst_xe" not in set(loaded) | given:
+        args.scst_xe = None  # a preset's self-critical term, without its stage
     if args.shapes_dir is None:  # (config.yaml states the folder)
         args.shapes_dir = str(DEFAULT_SHAPES_DIR)
     if args.then_scst is not None and args.then_scst < 0:

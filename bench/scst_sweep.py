@@ -54,7 +54,8 @@ VARIANTS = {  # name -> the weights it varies (t: true relation, f: false relati
 # image, drawn as --preset shapes-relations draws them (relation-stating references twice as likely), holds the
 # model to the references' relation statements while the reward moves it.
 MIXED = ["--prefer-captions", RELATIONAL, "--prefer-weight", "2"]
-VARIANTS.update({f"t2f2-x{g}": [*VARIANTS["t2f2"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
+VARIANTS.update({f"t2f2-x{g}": [*VARIANTS["t2f2"], "--scst-xe", g, *MIXED] for g in ("1", "4", "8")})
+VARIANTS["t2f2-m3p2-x4"] = [*VARIANTS["t2f2-m3p2"], "--scst-xe", "4", *MIXED]
 VARIANTS.update({f"t3f3-x{g}": [*VARIANTS["t3f3"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
 # The same with the mean of the other samples of the image as the baseline instead of the greedy caption's
 # reward: each image then weighs a caption that states a relation against one that does not.

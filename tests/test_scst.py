@@ -287,6 +287,19 @@ def test_mixed_objective_trains_the_same_in_two_processes_and_goes_to_the_second
         train.parse_args(train_args(world, tmp_path / "x", xe / "cache", 1) + ["--scst-xe", "1"])
 
 
+def test_a_presets_mixed_objective_goes_to_its_self_critical_stage_only(monkeypatch):
+    """A preset's --scst-xe reaches its self-critical stage (run after it, or alone), and is left out of a run of
+    the preset without that stage, where the same option given by the user is refused."""
+    monkeypatch.setitem(train.PRESETS, "mixed", {**train.PRESETS["shapes"], "scst_xe": 2.0})
+    args = train.parse_args(["--preset", "mixed"])
+    assert train.train_config(args).scst_xe == 0 and train.second_stage(args, train.train_config(args)).scst_xe == 2
+    alone = train.parse_args(["--preset", "mixed", "--scst", "true", "--init-from", "x.pt"])
+    assert train.train_config(alone).scst_xe == 2
+    assert train.train_config(train.parse_args(["--preset", "mixed", "--then-scst", "0"])).scst_xe == 0
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "mixed", "--then-scst", "0", "--scst-xe", "1"])
+
+
 def test_self_critical_needs_a_model_and_a_matching_stage(world, xe, tmp_path):
     with pytest.raises(SystemExit):  # argparse refuses --scst with --fine-tune-encoder before any data is read
         train.parse_args(scst_args(world, xe, tmp_path / "x") + ["--fine-tune-encoder", "true"])
