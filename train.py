@@ -52,7 +52,7 @@ PRESETS["shapes-relations"] = {
     "recall_supervision": 1.0, "compare": True, "prefer_captions": RELATIONAL, "prefer_weight": 2.0,
     "scst_true_relation": 2.0, "scst_false_relation": 2.0, "then_scst_val_metric": "scene_accuracy"}
 # Weights of self-critical terms: a --then-scst run gives them to its second stage, not its first.
-SCST_TERMS = (*TRUTH_WEIGHTS, "scst_xe")
+SCST_TERMS = (*TRUTH_WEIGHTS, "scst_xe", "scst_xe_words")
 # The preset's self-critical stage as it was before the truth reward: CIDEr-D alone at 2e-4. What the ablation
 # table and the quality sweep measured (bench/), and keep measuring, on top of --preset shapes.
 CIDER_D_STAGE = ["--then-scst-lr", "2e-4", *(x for k in TRUTH_WEIGHTS for x in ("--" + k.replace("_", "-"), "0"))]
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for k in set(TRUTH_WEIGHTS) & (set(PRESETS[args.preset]) - set(loaded) - given):
             setattr(args, k, None)
     if args.preset and not args.scst and not args.then_scst and "scst_xe" not in set(loaded) | given:
-        args.scst_xe = None  # a preset's self-critical term, without its stage
+        args.scst_xe = args.scst_xe_words = None  # a preset's self-critical term, without its stage
     if args.shapes_dir is None:  # (config.yaml states the folder)
         args.shapes_dir = str(DEFAULT_SHAPES_DIR)
     if args.then_scst is not None and args.then_scst < 0:

@@ -57,6 +57,11 @@ MIXED = ["--prefer-captions", RELATIONAL, "--prefer-weight", "2"]
 VARIANTS.update({f"t2f2-x{g}": [*VARIANTS["t2f2"], "--scst-xe", g, *MIXED] for g in ("1", "4", "8")})
 VARIANTS["t2f2-m3p2-x4"] = [*VARIANTS["t2f2-m3p2"], "--scst-xe", "4", *MIXED]
 VARIANTS.update({f"{w}-x1": [*VARIANTS[w], "--scst-xe", "1", *MIXED] for w in ("t2f3", "t2f4")})
+# ... with the cross-entropy over only the words that state where things are (the words of the world's relation
+# and position references, none of its colours, shapes, sizes or numbers): the habit of stating relations without
+# the colour-shape pairs' priors.
+RELATION_WORDS = "to|the|of|left|right|above|below|with|its|it|is|at|in|on|top|bottom|middle|centre"
+VARIANTS["t2f2-x4r"] = [*VARIANTS["t2f2-x4"], "--scst-xe-words", RELATION_WORDS]
 VARIANTS.update({f"t3f3-x{g}": [*VARIANTS["t3f3"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
 # The same with the mean of the other samples of the image as the baseline instead of the greedy caption's
 # reward: each image then weighs a caption that states a relation against one that does not.

@@ -20,12 +20,14 @@ is the global batch's mean (`global_factors`).
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .decoder import attention_supervision, caption_loss, hard_attention_terms, recall_supervision
 from .distributed import ONE_PROCESS, Dist, all_reduce_sum
@@ -188,7 +190,9 @@ class SelfCritical:
     gamma, gamma x the cross-entropy loss of one reference per image (teacher-forced, with the attention
     regulariser; the reference drawn as the cross-entropy stage draws it in this epoch, --prefer-captions
     included) is added: the mixed objective of Paulus et al. 2018, which holds the model to the
-    references' language (here: their relation statements) while the reward moves it. With hard
+    references' language (here: their relation statements) while the reward moves it. With
+    --scst-xe-words REGEX that term is the cross-entropy of only the reference words the expression
+    matches whole (its mean over them, no regulariser): e.g. the words that state a relation. With hard
     attention the sampled locations are part of the policy: log p(w^s) includes their log
     alpha_t(s_t).
     The batch's `tokens` are dataset indices (one row per image), from which the references come.
@@ -206,6 +210,13 @@ class SelfCritical:
         # With a truth reward (shapes world): each image's objects, and the signed weights of truth_counts' counts.
         self.truth_weights = np.array([getattr(cfg, k) for k in TRUTH_WEIGHTS]) * np.array(TRUTH_SIGNS)
         self.objects = None
+        self.xe_ids = None  # --scst-xe-words: the vocabulary ids its cross-entropy term covers
+        if cfg.scst_xe and cfg.scst_xe_words:
+            itos = run.model.vocab.itos
+            self.xe_ids = torch.tensor([i for i, w in enumerate(itos) if re.fullmatch(cfg.scst_xe_words, w)],
+                                       dtype=torch.long)
+            if not len(self.xe_ids):
+                raise ValueError(f"--scst-xe-words {cfg.scst_xe_words!r} matches no word of the vocabulary")
         if cfg.truth_reward:
             objects = run.source.objects["train"]
             self.objects = [objects.get(i, []) for i in run.train_ds.ds.image_ids]
@@ -225,8 +236,14 @@ class SelfCritical:
         teacher = (inputs, self.references(images, inputs.device)) if cfg.scst_xe else None
         with autocast(inputs.device, r.dtype):
             tokens, logp, loc_logp, _, *forced = r.net(inputs.repeat_interleave(K, dim=0), u, locs, teacher)
-            if forced:
+            if forced and self.xe_ids is None:
                 _, ce, reg = caption_loss(*forced, teacher[1], cfg.att_lambda, cfg.att_reduction, cfg.objective)
+            elif forced:  # the mean over the global batch's matched words (a collective: every rank calls it)
+                target = teacher[1][:, 1:]
+                words = torch.isin(target, self.xe_ids.to(target.device))
+                per_word = F.cross_entropy(forced[0].reshape(-1, forced[0].shape[-1]).float(), target.reshape(-1),
+                                           reduction="none").view_as(target)
+                ce, reg = _per_supervised_step((per_word * words).sum(), words.sum(), dist), None
         t1 = time.perf_counter()
         greedy_words = [g.best.tokens for g in greedy] if greedy is not None else []
         captions = words_of(tokens) + greedy_words  # the K samples of each image, then its greedy caption
@@ -255,10 +272,13 @@ class SelfCritical:
             _, f_row = global_factors(dist, index, rows=B)
             loss = loss * f_row
         if teacher is not None:  # (a separate addition: runs without it keep their floats)
-            if dist.enabled:  # means over this rank's tokens (or captions) and captions -> the global batch's
-                f_tok, f_ref = global_factors(dist, teacher[1])
-                ce, reg = ce * (f_ref if cfg.objective == "paper" else f_tok), reg * f_ref
-            xe = ce + cfg.att_lambda * reg
+            if reg is None:  # --scst-xe-words: already the global batch's mean
+                xe = ce
+            else:
+                if dist.enabled:  # means over this rank's tokens (or captions) and captions -> the global batch's
+                    f_tok, f_ref = global_factors(dist, teacher[1])
+                    ce, reg = ce * (f_ref if cfg.objective == "paper" else f_tok), reg * f_ref
+                xe = ce + cfg.att_lambda * reg
             loss = loss + cfg.scst_xe * xe
         update(loss, r.optimizer, r.scaler, r.trainable, cfg.grad_clip)
         lengths = (tokens != PAD_ID).sum(dim=1).float()  # <end> included

@@ -172,6 +172,9 @@ class TrainConfig:
     scst_xe: float = option(0.0, "self-critical training: add this weight x the cross-entropy loss of one reference "
                                  "per image (drawn as the cross-entropy stage draws it, --prefer-captions too) to "
                                  "the policy-gradient loss, the mixed objective of Paulus et al. 2018 (0: off)")
+    scst_xe_words: str | None = option(None, "with --scst-xe: that cross-entropy over only the reference words this "
+                                             "regular expression matches whole (e.g. the words that state a "
+                                             "relation), their mean; default: every word")
     # optimisation
     epochs: int = option(20, "epochs to train")
     batch_size: int = option(64, "global batch size: under torchrun each of the N processes takes batch_size / N")
@@ -260,6 +263,10 @@ class TrainConfig:
             raise ValueError(f"scst_xe must be 0 (off) or positive, not {self.scst_xe}")
         if self.scst_xe and not self.scst:
             raise ValueError("--scst-xe weighs a term of self-critical training: add --scst true (or use --then-scst)")
+        if self.scst_xe_words is not None:
+            if not self.scst_xe:
+                raise ValueError("--scst-xe-words chooses the words of the --scst-xe term: give --scst-xe too")
+            re.compile(self.scst_xe_words)  # a bad expression fails here, with re's message
         if self.sample_max_len < 1:
             raise ValueError(f"sample_max_len must be >= 1, not {self.sample_max_len}")
 

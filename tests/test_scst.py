@@ -170,11 +170,13 @@ def test_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_the_ep
             [[START_ID, 12, 13, 14, END_ID], [START_ID, 15, END_ID]]]
     weights = [[1.0, 5.0, 1.0], None]
 
-    def step(gamma: float, epoch: int) -> dict:
-        cfg = TrainConfig(scst=True, scst_samples=3, sample_max_len=L, seed=6, scst_xe=gamma, att_lambda=0.5)
+    def step(gamma: float, epoch: int, words: str | None = None) -> dict:
+        cfg = TrainConfig(scst=True, scst_samples=3, sample_max_len=L, seed=6, scst_xe=gamma, att_lambda=0.5,
+                          scst_xe_words=words)
         ds = SimpleNamespace(captions=refs, seed=cfg.seed, epoch=epoch, weights=weights)
+        vocab = SimpleNamespace(itos=["<pad>", "<start>", "<end>", "<unk>", *(f"w{i}" for i in range(4, V))])
         run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
-                              model=SimpleNamespace(decoder=dec, cfg=SimpleNamespace(decoder=dec.cfg)),
+                              model=SimpleNamespace(decoder=dec, cfg=SimpleNamespace(decoder=dec.cfg), vocab=vocab),
                               net=SampledCaptions(dec), trainable=list(dec.parameters()),
                               train_ds=SimpleNamespace(captions=refs, ds=ds),
                               optimizer=torch.optim.SGD(dec.parameters(), lr=0.0))  # the decoder stays as it is
@@ -192,7 +194,19 @@ def test_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_the_ep
         assert "xe" not in plain and mixed["xe"].item() == pytest.approx(expected.item(), rel=1e-5)
         assert (mixed["loss"] - plain["loss"]).item() == pytest.approx(0.7 * expected.item(), rel=1e-4, abs=1e-6)
         assert mixed["reward"].item() == plain["reward"].item()  # the same samples: the draws are untouched
+        # --scst-xe-words: the mean cross-entropy of only the reference words it matches, no regulariser
+        logits, _ = dec(f, tokens)
+        per_word = torch.nn.functional.cross_entropy(logits.reshape(-1, V), tokens[:, 1:].reshape(-1),
+                                                     reduction="none").view(2, -1)
+        chosen_words = torch.isin(tokens[:, 1:], torch.tensor([5, 7, 9, 12, END_ID]))
+        some = step(0.7, epoch, words="w(5|7|9|12)|<end>")
+        assert some["xe"].item() == pytest.approx(per_word[chosen_words].mean().item(), rel=1e-5)
+        assert (some["loss"] - plain["loss"]).item() == pytest.approx(0.7 * some["xe"].item(), rel=1e-4, abs=1e-6)
     assert len(drawn) > 1  # the epochs draw different references
+    with pytest.raises(ValueError, match="matches no word"):
+        step(0.7, 0, words="nothing")
+    with pytest.raises(ValueError, match="give --scst-xe too"):
+        TrainConfig(scst=True, scst_xe_words="left")
     with pytest.raises(ValueError, match="add --scst true"):
         TrainConfig(scst_xe=0.5)
     with pytest.raises(ValueError, match="positive"):
@@ -262,13 +276,15 @@ def test_two_processes_train_what_one_process_trains(world, xe, scst_run, tmp_pa
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
-def test_mixed_objective_trains_the_same_in_two_processes_and_goes_to_the_second_stage(world, xe, tmp_path):
-    """--scst-xe on a real run: the references' cross-entropy is logged each epoch, two processes (torchrun)
-    train what one trains, and with --then-scst it is the second stage's option, not the first's."""
-    argv = scst_args(world, xe, tmp_path / "one", 2, scst_xe=0.5, prefer_captions="left|right")
+@pytest.mark.parametrize("words", [None, "to|the|left|right|of|above|below|with|its"])
+def test_mixed_objective_trains_the_same_in_two_processes_and_goes_to_the_second_stage(world, xe, tmp_path, words):
+    """--scst-xe (over every reference word, or --scst-xe-words's) on a real run: the references' cross-entropy
+    is logged each epoch, two processes (torchrun) train what one trains, and with --then-scst it is the second
+    stage's option, not the first's."""
+    extra = {"scst_xe": 0.5, "prefer_captions": "left|right", **({"scst_xe_words": words} if words else {})}
+    argv = scst_args(world, xe, tmp_path / "one", 2, **extra)
     one = train.main(argv)
-    run_ok(torchrun(2, "train.py", *scst_args(world, xe, tmp_path / "two", 2, scst_xe=0.5,
-                                              prefer_captions="left|right")))
+    run_ok(torchrun(2, "train.py", *scst_args(world, xe, tmp_path / "two", 2, **extra)))
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     for a, b in zip(one["history"], two["history"], strict=True):
         assert a["xe"] > 0 and math.isfinite(a["xe"])
@@ -283,6 +299,11 @@ def test_mixed_objective_trains_the_same_in_two_processes_and_goes_to_the_second
                                                                                    "--scst-xe", "0.25"])
     first = train.train_config(args)
     assert first.scst_xe == 0 and train.second_stage(args, first).scst_xe == 0.25
+    if words:
+        args = train.parse_args(train_args(world, tmp_path / "s", xe / "cache", 1) + [
+            "--then-scst", "1", "--scst-xe", "0.25", "--scst-xe-words", words])
+        first = train.train_config(args)
+        assert first.scst_xe_words is None and train.second_stage(args, first).scst_xe_words == words
     with pytest.raises(SystemExit):  # a cross-entropy run alone has no self-critical term to weigh
         train.parse_args(train_args(world, tmp_path / "x", xe / "cache", 1) + ["--scst-xe", "1"])
 
