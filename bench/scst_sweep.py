@@ -63,6 +63,7 @@ VARIANTS.update({f"{w}-x1": [*VARIANTS[w], "--scst-xe", "1", *MIXED] for w in ("
 RELATION_WORDS = "to|the|of|left|right|above|below|with|its|it|is|at|in|on|top|bottom|middle|centre"
 VARIANTS["t2f2-x4r"] = [*VARIANTS["t2f2-x4"], "--scst-xe-words", RELATION_WORDS]
 VARIANTS["t2f2-x2r"] = [*VARIANTS["t2f2"], "--scst-xe", "2", *MIXED, "--scst-xe-words", RELATION_WORDS]
+VARIANTS["t2f2-m3p2-x2r"] = [*VARIANTS["t2f2-m3p2"], "--scst-xe", "2", *MIXED, "--scst-xe-words", RELATION_WORDS]
 VARIANTS.update({f"t3f3-x{g}": [*VARIANTS["t3f3"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
 # The same with the mean of the other samples of the image as the baseline instead of the greedy caption's
 # reward: each image then weighs a caption that states a relation against one that does not.
