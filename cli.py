@@ -24,9 +24,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--data", choices=["shapes", "karpathy", "coco", "flickr", "csv"], default=None,
                    help="data source; inferred from --karpathy-json / --coco-captions / --flickr-tokens / "
                         "--captions-csv when omitted")
-    d.add_argument("--shapes-dir", default=None,
-                   help=f"shapes world folder, generated when missing (default {DEFAULT_SHAPES_DIR.relative_to(ROOT)}; "
-                        "a --preset may name another)")
+    d.add_argument("--shapes-dir", default=str(DEFAULT_SHAPES_DIR),
+                   help="shapes world folder (generated when missing)")
     d.add_argument("--shapes-wide-train", nargs="*", default=None, metavar="PART",
                    help="the shapes world's train split drawn wider than its other splits (python -m captioner.shapes "
                         "--wide-train: background families, JPEG artefacts, noise; alone: all of it, or name the "
@@ -108,11 +107,6 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
-def shapes_dir(args: argparse.Namespace) -> Path:
-    """The shapes world's folder: --shapes-dir, or the default."""
-    return Path(args.shapes_dir) if getattr(args, "shapes_dir", None) else DEFAULT_SHAPES_DIR
-
-
 def shapes_wide_train(args: argparse.Namespace):
     """--shapes-wide-train as shapes_source takes it: None (not asked: the world as it is), True (all of it) or
     the named parts."""
@@ -169,7 +163,7 @@ def data_source(args: argparse.Namespace):
     if kind in ("flickr", "csv"):
         return _flickr_data_source(args, kind, flickr_tokens, captions_csv)
     if kind == "shapes":
-        return sources.shapes_source(shapes_dir(args), wide_train=shapes_wide_train(args))
+        return sources.shapes_source(args.shapes_dir, wide_train=shapes_wide_train(args))
     if kind == "karpathy":
         if not args.karpathy_json or not args.images or len(args.images) != 1:
             raise SystemExit("--data karpathy needs --karpathy-json FILE and one --images DIR (the image root)")

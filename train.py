@@ -27,7 +27,7 @@ import yaml
 from captioner.atomic import atomic_write_text, exclusive
 from captioner.checkpoint import load_checkpoint
 from captioner.training import DECODER_OPTIONS, ENCODER_OPTIONS, TRUTH_WEIGHTS, TrainConfig
-from cli import DEFAULT_SHAPES_DIR, add_data_args, add_options, data_source_rank0_first, setup_logging
+from cli import add_data_args, add_options, data_source_rank0_first, setup_logging
 
 # References that state where things are: relations, positions, "to its left" (--prefer-captions).
 RELATIONAL = r"\b(left|right|above|below|top|bottom|middle|centre|its)\b"
@@ -126,15 +126,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.preset:  # terms of the cross-entropy stage (second_stage leaves them out too)
             for k in {"att_supervision", "recall_supervision"} & (set(PRESETS[args.preset]) - set(loaded) - given):
                 setattr(args, k, None)
-    if args.preset and ((not args.scst and not args.then_scst) or args.data not in (None, "shapes")):
-        # The preset's truth weights belong to its self-critical stage on the shapes world: without that
-        # stage, or on other data, they are left out (the same options given by the user are still checked).
-        for k in set(TRUTH_WEIGHTS) & (set(PRESETS[args.preset]) - set(loaded) - given):
+    if args.preset:
+        # The preset's self-critical terms belong to its self-critical stage, and its truth weights to that stage on
+        # the shapes world: without the stage, or (truth weights) on other data, they are left out (the same
+        # options given by the user are still checked).
+        left_out = set(SCST_TERMS) if not args.scst and not args.then_scst else \
+            set(TRUTH_WEIGHTS) if args.data not in (None, "shapes") else set()
+        for k in left_out & (set(PRESETS[args.preset]) - set(loaded) - given):
             setattr(args, k, None)
-    if args.preset and not args.scst and not args.then_scst and "scst_xe" not in set(loaded) | given:
-        args.scst_xe = args.scst_xe_words = None  # a preset's self-critical term, without its stage
-    if args.shapes_dir is None:  # (config.yaml states the folder)
-        args.shapes_dir = str(DEFAULT_SHAPES_DIR)
     if args.then_scst is not None and args.then_scst < 0:
         parser.error(f"--then-scst must be 0 or more epochs, not {args.then_scst}")
     try:  # refuse a bad option value now, before any data is read
