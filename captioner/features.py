@@ -492,10 +492,13 @@ class CaptionFeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids) if self.per_image == "one" else len(self.pairs)
 
+    def reference_of(self, k: int) -> int:
+        """Which reference of image k (of image_ids) per_image="one" gives it this epoch."""
+        return reference_index(self.seed, self.epoch, k, len(self.captions[k]), self.weights[k])
+
     def __getitem__(self, i: int):
         if self.per_image == "one":
-            k = i
-            j = reference_index(self.seed, self.epoch, i, len(self.captions[k]), self.weights[k])
+            k, j = i, self.reference_of(i)
         else:
             k, j = self.pairs[i]
         feats, tokens = self.image_features(k), torch.tensor(self.captions[k][j], dtype=torch.long)

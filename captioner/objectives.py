@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .decoder import attention_supervision, caption_loss, hard_attention_terms, recall_supervision
 from .distributed import ONE_PROCESS, Dist, all_reduce_sum
-from .features import reference_index
 from .reward import CiderD
 from .runtime import autocast
 from .sampling import WORDS, SampledCaptions, hard_draws, uniforms, words_of
@@ -236,14 +234,12 @@ class SelfCritical:
         teacher = (inputs, self.references(images, inputs.device)) if cfg.scst_xe else None
         with autocast(inputs.device, r.dtype):
             tokens, logp, loc_logp, _, *forced = r.net(inputs.repeat_interleave(K, dim=0), u, locs, teacher)
-            if forced and self.xe_ids is None:
-                _, ce, reg = caption_loss(*forced, teacher[1], cfg.att_lambda, cfg.att_reduction, cfg.objective)
-            elif forced:  # the mean over the global batch's matched words (a collective: every rank calls it)
-                target = teacher[1][:, 1:]
-                words = torch.isin(target, self.xe_ids.to(target.device))
-                per_word = F.cross_entropy(forced[0].reshape(-1, forced[0].shape[-1]).float(), target.reshape(-1),
-                                           reduction="none").view_as(target)
-                ce, reg = _per_supervised_step((per_word * words).sum(), words.sum(), dist), None
+            if forced:  # --scst-xe-words: the other words are <pad> to the loss (a per-word mean, no regulariser)
+                refs, lam, objective = teacher[1], cfg.att_lambda, cfg.objective
+                if self.xe_ids is not None:
+                    refs = refs.masked_fill(~torch.isin(refs, self.xe_ids.to(refs.device)), PAD_ID)
+                    lam, objective = 0.0, "token"
+                _, ce, reg = caption_loss(*forced, refs, lam, cfg.att_reduction, objective)
         t1 = time.perf_counter()
         greedy_words = [g.best.tokens for g in greedy] if greedy is not None else []
         captions = words_of(tokens) + greedy_words  # the K samples of each image, then its greedy caption
@@ -272,13 +268,10 @@ class SelfCritical:
             _, f_row = global_factors(dist, index, rows=B)
             loss = loss * f_row
         if teacher is not None:  # (a separate addition: runs without it keep their floats)
-            if reg is None:  # --scst-xe-words: already the global batch's mean
-                xe = ce
-            else:
-                if dist.enabled:  # means over this rank's tokens (or captions) and captions -> the global batch's
-                    f_tok, f_ref = global_factors(dist, teacher[1])
-                    ce, reg = ce * (f_ref if cfg.objective == "paper" else f_tok), reg * f_ref
-                xe = ce + cfg.att_lambda * reg
+            if dist.enabled:  # means over this rank's tokens (or captions) and captions -> the global batch's
+                f_tok, f_ref = global_factors(dist, refs)
+                ce, reg = ce * (f_ref if objective == "paper" else f_tok), reg * f_ref
+            xe = ce + lam * reg
             loss = loss + cfg.scst_xe * xe
         update(loss, r.optimizer, r.scaler, r.trainable, cfg.grad_clip)
         lengths = (tokens != PAD_ID).sum(dim=1).float()  # <end> included
@@ -297,8 +290,7 @@ class SelfCritical:
         """(B, T) the reference each image's cross-entropy term reads: the one the cross-entropy stage's
         dataset draws for it in this epoch (seed, epoch, index; --prefer-captions weights), <pad>-filled."""
         ds = self.run.train_ds.ds
-        refs = [ds.captions[k][reference_index(ds.seed, ds.epoch, k, len(ds.captions[k]), ds.weights[k])]
-                for k in images]
+        refs = [ds.captions[k][ds.reference_of(k)] for k in images]
         out = torch.full((len(refs), max(map(len, refs))), PAD_ID, dtype=torch.long)
         for row, ref in enumerate(refs):
             out[row, : len(ref)] = torch.as_tensor(ref)

@@ -162,7 +162,7 @@ def test_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_the_ep
     (with the attention regulariser) of the reference the cross-entropy stage's dataset draws for that image in
     that epoch (--prefer-captions weights included), for each image of the batch; 0 leaves the step as it was."""
     from captioner.decoder import caption_loss
-    from captioner.features import reference_index
+    from captioner.features import CaptionFeatureDataset, reference_index
 
     dec = decoder(seed=3)
     f = feats(2, seed=4)
@@ -173,7 +173,8 @@ def test_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_the_ep
     def step(gamma: float, epoch: int, words: str | None = None) -> dict:
         cfg = TrainConfig(scst=True, scst_samples=3, sample_max_len=L, seed=6, scst_xe=gamma, att_lambda=0.5,
                           scst_xe_words=words)
-        ds = SimpleNamespace(captions=refs, seed=cfg.seed, epoch=epoch, weights=weights)
+        ds = CaptionFeatureDataset.__new__(CaptionFeatureDataset)  # its reference draw, without a feature cache
+        ds.__dict__.update(captions=refs, seed=cfg.seed, epoch=epoch, weights=weights, per_image="one")
         vocab = SimpleNamespace(itos=["<pad>", "<start>", "<end>", "<unk>", *(f"w{i}" for i in range(4, V))])
         run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
                               model=SimpleNamespace(decoder=dec, cfg=SimpleNamespace(decoder=dec.cfg), vocab=vocab),
