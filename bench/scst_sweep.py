@@ -64,6 +64,12 @@ RELATION_WORDS = "to|the|of|left|right|above|below|with|its|it|is|at|in|on|top|b
 VARIANTS["t2f2-x4r"] = [*VARIANTS["t2f2-x4"], "--scst-xe-words", RELATION_WORDS]
 VARIANTS["t2f2-x2r"] = [*VARIANTS["t2f2"], "--scst-xe", "2", *MIXED, "--scst-xe-words", RELATION_WORDS]
 VARIANTS["t2f2-m3p2-x2r"] = [*VARIANTS["t2f2-m3p2"], "--scst-xe", "2", *MIXED, "--scst-xe-words", RELATION_WORDS]
+# ... with the relation terms halved (1 / 1): the reward left to the objects, the relation words held by gamma.
+VARIANTS["t1f1-x2r"] = ["--scst-true-relation", "1", "--scst-false-relation", "1", "--scst-xe", "2", *MIXED,
+                        "--scst-xe-words", RELATION_WORDS]
+# ... and t2f2-x2r with its references drawn as the world writes them (no preference for the relational ones,
+# which state a relation in 40% of the references): a relation rate nearer the references' than the 0.99 above.
+VARIANTS["t2f2-x2r-u"] = [*VARIANTS["t2f2"], "--scst-xe", "2", "--scst-xe-words", RELATION_WORDS]
 VARIANTS.update({f"t3f3-x{g}": [*VARIANTS["t3f3"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
 # The same with the mean of the other samples of the image as the baseline instead of the greedy caption's
 # reward: each image then weighs a caption that states a relation against one that does not.
