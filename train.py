@@ -126,6 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.preset:  # terms of the cross-entropy stage (second_stage leaves them out too)
             for k in {"att_supervision", "recall_supervision"} & (set(PRESETS[args.preset]) - set(loaded) - given):
                 setattr(args, k, None)
+            # ... and its schedule, as second_stage gives it: the stage's rate, no warm-up (unless said)
+            if "lr" not in given | set(loaded):
+                args.lr = args.then_scst_lr or 2e-4
+            if "warmup_steps" not in given | set(loaded):
+                args.warmup_steps = 0
     if args.preset:
         # The preset's self-critical terms belong to its self-critical stage, and its truth weights to that stage on
         # the shapes world: without the stage, or (truth weights) on other data, they are left out (the same

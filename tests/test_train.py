@@ -277,6 +277,14 @@ def test_the_preset_ends_with_its_self_critical_epochs_unless_the_run_is_one(tmp
     assert train.parse_args(["--preset", "shapes", "--then-scst", "0"]).then_scst == 0
     args = train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"])
     assert args.then_scst == 0 and train.train_config(args).scst
+    # ... at the stage's rate and without warm-up, as the stage runs after the cross-entropy epochs
+    stage = train.second_stage(train.parse_args(["--preset", "shapes"]), train.train_config(train.parse_args(
+        ["--preset", "shapes"])))
+    alone = train.train_config(args)
+    assert (alone.lr, alone.warmup_steps) == (stage.lr, stage.warmup_steps) == (5e-4, 0)
+    said = train.train_config(train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt",
+                                                "--lr", "1e-4", "--warmup-steps", "10"]))
+    assert (said.lr, said.warmup_steps) == (1e-4, 10)
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "shapes", "--scst", "true", "--then-scst", "1"])
     cfg = tmp_path / "c.yaml"
