@@ -51,6 +51,8 @@ PRESETS["shapes-relations"] = {
     **PRESETS["shapes"], "out": "runs/shapes-relations", "att_supervision": 1.0, "recall": True,
     "recall_supervision": 1.0, "compare": True, "prefer_captions": RELATIONAL, "prefer_weight": 2.0,
     "scst_true_relation": 2.0, "scst_false_relation": 2.0, "then_scst_val_metric": "scene_accuracy"}
+# The self-critical stage's learning rate unless --then-scst-lr (or a preset) says otherwise.
+SCST_LR = 2e-4
 # Weights of self-critical terms: a --then-scst run gives them to its second stage, not its first.
 SCST_TERMS = (*TRUTH_WEIGHTS, "scst_xe", "scst_xe_words")
 # The preset's self-critical stage as it was before the truth reward: CIDEr-D alone at 2e-4. What the ablation
@@ -90,7 +92,7 @@ def second_stage(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | No
                          "--scst true --init-from RUN/best.pt)")
     out = Path(cfg.out) / "scst"
     return replace(cfg, out=str(out), init_from=str(Path(cfg.out) / "best.pt"), scst=True, epochs=args.then_scst,
-                   lr=args.then_scst_lr or 2e-4, warmup_steps=0, patience=0,
+                   lr=args.then_scst_lr or SCST_LR, warmup_steps=0, patience=0,
                    val_metric=args.then_scst_val_metric or cfg.val_metric,
                    att_supervision=0.0, recall_supervision=0.0,  # terms of the cross-entropy stage
                    **{k: getattr(args, k) for k in SCST_TERMS if getattr(args, k, None) is not None},
@@ -128,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, k, None)
             # ... and its schedule, as second_stage gives it: the stage's rate, no warm-up (unless said)
             if "lr" not in given | set(loaded):
-                args.lr = args.then_scst_lr or 2e-4
+                args.lr = args.then_scst_lr or SCST_LR
             if "warmup_steps" not in given | set(loaded):
                 args.warmup_steps = 0
     if args.preset:
