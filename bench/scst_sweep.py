@@ -70,6 +70,9 @@ VARIANTS["t1f1-x2r"] = ["--scst-true-relation", "1", "--scst-false-relation", "1
 # ... and t2f2-x2r with its references drawn as the world writes them (no preference for the relational ones,
 # which state a relation in 40% of the references): a relation rate nearer the references' than the 0.99 above.
 VARIANTS["t2f2-x2r-u"] = [*VARIANTS["t2f2"], "--scst-xe", "2", "--scst-xe-words", RELATION_WORDS]
+# ... and t1f1-x2r charging a present object named more often than it is there (--scst-repeat W: on top of the
+# object it leaves out, a third object named as the first again costs more than a wrong guess at it).
+VARIANTS.update({f"t1f1-x2r-r{w}": [*VARIANTS["t1f1-x2r"], "--scst-repeat", w] for w in ("2", "4")})
 VARIANTS.update({f"t3f3-x{g}": [*VARIANTS["t3f3"], "--scst-xe", g, *MIXED] for g in ("1", "4")})
 # The same with the mean of the other samples of the image as the baseline instead of the greedy caption's
 # reward: each image then weighs a caption that states a relation against one that does not.

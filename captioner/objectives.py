@@ -39,8 +39,9 @@ from .text import END_ID, PAD_ID, START_ID
 
 # TrainConfig's weights of the self-critical truth reward, in the order of scene_metrics.truth_counts' counts,
 # and their signs: the first pays, the others charge.
-TRUTH_WEIGHTS = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed", "scst_wrong_count")
-TRUTH_SIGNS = (1.0, -1.0, -1.0, -1.0, -1.0)
+TRUTH_WEIGHTS = ("scst_true_relation", "scst_false_relation", "scst_phantom", "scst_missed", "scst_wrong_count",
+                 "scst_repeat")
+TRUTH_SIGNS = (1.0, -1.0, -1.0, -1.0, -1.0, -1.0)
 
 
 def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, trainable: list, grad_clip: float) -> None:
@@ -181,9 +182,10 @@ class SelfCritical:
     references, once); b is the reward of the greedy caption (decoded in eval mode, no gradient:
     the model at test time) or, with baseline "mean", the mean reward of the image's other K-1
     samples. With --scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed /
-    --scst-wrong-count (shapes world), r also adds w_t x the caption's true relation statements and
-    subtracts w_f x its false ones, w_p x its mentions of absent objects, w_m x the scene's objects
-    it does not name and w_c x the numbers it states wrong (scene_metrics.truth_counts), for
+    --scst-wrong-count / --scst-repeat (shapes world), r also adds w_t x the caption's true relation
+    statements and subtracts w_f x its false ones, w_p x its mentions of absent objects, w_m x the
+    scene's objects it does not name, w_c x the numbers it states wrong and w_r x its mentions of
+    present objects beyond their number (scene_metrics.truth_counts), for
     samples and greedy caption alike. The loss is averaged over the sampled captions. With --scst-xe
     gamma, gamma x the cross-entropy loss of one reference per image (teacher-forced, with the attention
     regulariser; the reference drawn as the cross-entropy stage draws it in this epoch, --prefer-captions
@@ -249,7 +251,7 @@ class SelfCritical:
 
         scores = self.cider.score_batch(captions, per_caption([self.refs[k] for k in images]))
         truth = None
-        if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x phantoms - w_m x misses
+        if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x phantoms - w_m x misses ...
             scenes = per_caption([self.objects[k] for k in images])
             counts = np.array([truth_counts(self.vocab.decode_tokens(c), o) for c, o in zip(captions, scenes)],
                               dtype=np.float64).reshape(-1, len(TRUTH_WEIGHTS))

@@ -306,18 +306,24 @@ def statement_holds(st: Statement, objs: Sequence[Mapping]) -> bool:
     return False
 
 
-def truth_counts(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> tuple[int, int, int, int, int]:
+def truth_counts(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> tuple[int, int, int, int, int, int]:
     """(true relation statements, false relation statements, mentions of absent objects, objects
-    not named, numbers stated wrong) of one caption about a scene with objects `objs`: what a
-    reward that pays for the truth counts (objectives.SelfCritical's --scst-true-relation,
-    --scst-false-relation, --scst-phantom, --scst-missed, --scst-wrong-count). They are the
-    statements relation_accuracy checks, the mentions CHAIR_i counts, the objects object_recall
-    misses (by colour and shape) and the numbers count_error_rate finds wrong ("three shapes"
-    before two objects named; "two red circles" where there is one)."""
+    not named, numbers stated wrong, objects named more often than they are there) of one caption
+    about a scene with objects `objs`: what a reward that pays for the truth counts
+    (objectives.SelfCritical's --scst-true-relation, --scst-false-relation, --scst-phantom,
+    --scst-missed, --scst-wrong-count, --scst-repeat). They are the statements relation_accuracy
+    checks, the mentions CHAIR_i counts, the objects object_recall misses (by colour and shape), the
+    numbers count_error_rate finds wrong ("three shapes" before two objects named; "two red circles"
+    where there is one) and, per colour-shape the scene has, how many more of it the caption names
+    than there are (scene_accuracy's multiplicity: "a red circle ... and a red circle" before one
+    red circle, the third object of a scene named as the first again; "two red circles" before one
+    counts here as well as a wrong number)."""
     toks = _tokens(caption)
     held = [statement_holds(st, objs) for st in relation_statements(toks)]
     _, absent, named, errors = _object_truth(toks, objs)
-    return sum(held), len(held) - sum(held), absent, len(objs) - named, sum(errors)
+    truth, stated = Counter(_object_key(o) for o in objs), parse_objects(toks)
+    repeated = sum(max(0, stated[key] - k) for key, k in truth.items())
+    return sum(held), len(held) - sum(held), absent, len(objs) - named, sum(errors), repeated
 
 
 def scene_accuracy(

@@ -169,6 +169,10 @@ class TrainConfig:
     scst_wrong_count: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward "
                                           "per number it states wrong ('three shapes' before two objects; "
                                           "count_error_rate's errors)")
+    scst_repeat: float = option(0.0, "self-critical training on the shapes world: taken from a caption's reward per "
+                                     "mention of an object of its scene beyond how many of it there are ('a red "
+                                     "circle ... and a red circle' before one: a third object named as the first "
+                                     "again costs this on top of --scst-missed)")
     scst_xe: float = option(0.0, "self-critical training: add this weight x the cross-entropy loss of one reference "
                                  "per image (drawn as the cross-entropy stage draws it, --prefer-captions too) to "
                                  "the policy-gradient loss, the mixed objective of Paulus et al. 2018 (0: off)")

@@ -476,23 +476,29 @@ def test_relation_statements_and_their_truth(objs, caption, expected):
     counts = S.truth_counts(caption, objs)
     assert counts[:4] == (true, len(rows) - true, h["hallucinated_mentions"], len(objs) - named)
     assert bool(counts[4]) == (h["count_error_rate"] == 1.0)  # one caption: wrong numbers make it miscount
+    assert not counts[5] or S.scene_accuracy({1: caption}, {1: objs}) == 0.0  # a repeat: the scene named wrong
 
 
 @pytest.mark.parametrize("caption, expected", [
-    ("a red circle to the left of a blue square", (1, 0, 0, 0, 0)),
-    ("a red circle to the right of a blue square", (0, 1, 0, 0, 0)),
-    ("a green star to the left of a blue square", (0, 1, 1, 1, 0)),  # about an absent object: false, and a phantom
-    ("a red circle and a green star and a purple star", (0, 0, 2, 1, 0)),
-    ("a blue square with a red circle to its left and a green star above it", (1, 1, 1, 0, 0)),
-    ("a circle and a blue square", (0, 0, 0, 1, 0)),  # a circle without its colour does not name the red circle
-    ("", (0, 0, 0, 2, 0)),
-    ("two shapes a red circle and a blue square", (0, 0, 0, 0, 0)),
-    ("three shapes a red circle and a blue square", (0, 0, 0, 0, 1)),  # the self-critical models' slip
-    ("two red circles and a blue square", (0, 0, 0, 0, 1)),  # one red circle: a wrong number, not a phantom
-    ("three shapes two red circles and a blue square", (0, 0, 0, 0, 2)),
-    ("one shape a red circle", (0, 0, 0, 1, 1)),
+    ("a red circle to the left of a blue square", (1, 0, 0, 0, 0, 0)),
+    ("a red circle to the right of a blue square", (0, 1, 0, 0, 0, 0)),
+    ("a green star to the left of a blue square", (0, 1, 1, 1, 0, 0)),  # about an absent object: false, a phantom
+    ("a red circle and a green star and a purple star", (0, 0, 2, 1, 0, 0)),
+    ("a blue square with a red circle to its left and a green star above it", (1, 1, 1, 0, 0, 0)),
+    ("a circle and a blue square", (0, 0, 0, 1, 0, 0)),  # a circle without its colour does not name the red circle
+    ("", (0, 0, 0, 2, 0, 0)),
+    ("two shapes a red circle and a blue square", (0, 0, 0, 0, 0, 0)),
+    ("three shapes a red circle and a blue square", (0, 0, 0, 0, 1, 0)),  # the self-critical models' slip
+    ("two red circles and a blue square", (0, 0, 0, 0, 1, 1)),  # one red circle: a wrong number and one too many
+    ("three shapes two red circles and a blue square", (0, 0, 0, 0, 2, 1)),
+    ("one shape a red circle", (0, 0, 0, 1, 1, 0)),
+    # the repeat: the second object named as the first again (one statement about one circle: false)
+    ("a red circle is to the left of a red circle", (0, 1, 0, 1, 0, 1)),
+    ("a red circle and a blue square and a red circle and a red circle", (0, 0, 0, 0, 0, 2)),
+    ("a red circle and a green star and a green star", (0, 0, 2, 1, 0, 0)),  # absent twice: phantoms, no repeat
 ])
-def test_truth_counts_pay_true_relations_and_count_false_ones_phantoms_misses_and_wrong_numbers(caption, expected):
+def test_truth_counts_pay_true_relations_and_count_false_ones_phantoms_misses_wrong_numbers_and_repeats(caption,
+                                                                                                        expected):
     assert S.truth_counts(caption, TWO) == expected
     assert S.truth_counts(caption.split(), TWO) == expected
 
@@ -597,7 +603,7 @@ def test_references_read_back_as_true(references):
         templates[template] += 1
         stated = S.relation_statements(caption)
         assert all(S.statement_holds(st, objs) for st in stated), caption
-        assert S.truth_counts(caption, objs) == (len(stated), 0, 0, 0, 0), caption  # the truth reward's best
+        assert S.truth_counts(caption, objs) == (len(stated), 0, 0, 0, 0, 0), caption  # the truth reward's best
         # every relation-bearing caption is read in full: n - 1 statements, of its template's form
         expected_form = template.split()[0] if template and template != "position" else None
         assert [st.form for st in stated] == [expected_form] * (n - 1 if expected_form else 0), caption

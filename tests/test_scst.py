@@ -101,18 +101,19 @@ def test_a_sample_that_beats_the_greedy_caption_becomes_likelier_after_one_step(
 
 
 def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_caption():
-    """--scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed / --scst-wrong-count: each
-    caption's reward (samples and greedy baseline alike) is its CIDEr-D + w_t x true relations - w_f x false ones
-    - w_p x absent objects named - w_m x objects left out - w_c x numbers stated wrong, counted against its own
-    image's objects. A decoder taught four captions (one true relation, one false, one phantom that leaves both
-    objects out, one wrong total) samples every kind."""
+    """--scst-true-relation / --scst-false-relation / --scst-phantom / --scst-missed / --scst-wrong-count /
+    --scst-repeat: each caption's reward (samples and greedy baseline alike) is its CIDEr-D + w_t x true relations
+    - w_f x false ones - w_p x absent objects named - w_m x objects left out - w_c x numbers stated wrong - w_r x
+    present objects named too often, counted against its own image's objects. A decoder taught four captions (one
+    true relation, one false, one phantom that leaves both objects out, one wrong total that names an object twice)
+    samples every kind."""
     from captioner.scene_metrics import truth_counts
     from captioner.text import SPECIALS, Vocab
 
-    itos = [*SPECIALS, *"a red circle blue square green star to the left right of three shapes".split()]
+    itos = [*SPECIALS, *"a red circle blue square green star to the left right of three shapes and".split()]
     vocab = Vocab(itos)
     said = ["a red circle to the left of a blue square", "a red circle to the right of a blue square",
-            "a green star", "three shapes a red circle"]
+            "a green star", "three shapes a red circle and a red circle"]
     objs = [{"colour": "red", "shape": "circle", "bbox": [10, 50, 20, 20]},  # the red circle is left of the square
             {"colour": "blue", "shape": "square", "bbox": [150, 50, 20, 20]}]
     torch.manual_seed(0)
@@ -145,9 +146,9 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
     samples = [vocab.decode_tokens(c) for c in words_of(SampledCaptions(dec)(f.expand(K, -1, -1), u)[0])]
     greedy = vocab.decode_tokens(greedy_search(dec, f, L)[0].best.tokens)
     counts = torch.tensor([truth_counts(c, objs) for c in samples], dtype=torch.float64)
-    assert (counts.sum(dim=0) > 0).all(), (samples, counts)  # true and false relations, phantoms, misses, numbers
-    w = (1.0, 2.0, 0.5, 0.25, 0.75)
-    plain, paid = step((0.0,) * 5), step(w)
+    assert (counts.sum(dim=0) > 0).all(), (samples, counts)  # relations true and false, phantoms, misses, numbers,
+    w = (1.0, 2.0, 0.5, 0.25, 0.75, 1.5)  # repeats
+    plain, paid = step((0.0,) * 6), step(w)
     signed = torch.tensor(w, dtype=torch.float64) * torch.tensor(TRUTH_SIGNS, dtype=torch.float64)
     expected = (counts @ signed).mean().item()
     assert "truth" not in plain and paid["truth"].item() == pytest.approx(expected, abs=1e-6)
@@ -350,12 +351,12 @@ def test_truth_reward_goes_to_the_self_critical_stage_and_needs_the_scenes(world
     shutil.copytree(xe / "run", out)  # the finished first stage: --resume auto goes on to the second
     argv = train_args(world, out, xe / "cache", 4, scst_samples=4, sample_max_len=16, dropout=0) + [
         "--then-scst", "1", "--scst-true-relation", "1", "--scst-false-relation", "2", "--scst-phantom", "1",
-        "--scst-missed", "0.5", "--resume", "auto"]
+        "--scst-missed", "0.5", "--scst-repeat", "3", "--resume", "auto"]
     args = train.parse_args(argv)
     first = train.train_config(args)
     second = train.second_stage(args, first)
-    assert [getattr(first, k) for k in TRUTH_WEIGHTS] == [0, 0, 0, 0, 0]
-    assert [getattr(second, k) for k in TRUTH_WEIGHTS] == [1, 2, 1, 0.5, 0]
+    assert [getattr(first, k) for k in TRUTH_WEIGHTS] == [0, 0, 0, 0, 0, 0]
+    assert [getattr(second, k) for k in TRUTH_WEIGHTS] == [1, 2, 1, 0.5, 0, 3]
     summary = train.main(argv)
     (entry,) = summary["history"]
     assert entry["stage"] == "scst" and entry["truth"] != 0 and math.isfinite(entry["truth"])
