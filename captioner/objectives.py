@@ -251,7 +251,7 @@ class SelfCritical:
 
         scores = self.cider.score_batch(captions, per_caption([self.refs[k] for k in images]))
         truth = None
-        if self.objects is not None:  # + w_t x true relations - w_f x false ones - w_p x phantoms - w_m x misses ...
+        if self.objects is not None:  # truth_counts' six counts, weighted and signed (TRUTH_WEIGHTS, TRUTH_SIGNS)
             scenes = per_caption([self.objects[k] for k in images])
             counts = np.array([truth_counts(self.vocab.decode_tokens(c), o) for c, o in zip(captions, scenes)],
                               dtype=np.float64).reshape(-1, len(TRUTH_WEIGHTS))

@@ -320,9 +320,7 @@ def truth_counts(caption: str | Sequence[Any], objs: Sequence[Mapping]) -> tuple
     counts here as well as a wrong number)."""
     toks = _tokens(caption)
     held = [statement_holds(st, objs) for st in relation_statements(toks)]
-    _, absent, named, errors = _object_truth(toks, objs)
-    truth, stated = Counter(_object_key(o) for o in objs), parse_objects(toks)
-    repeated = sum(max(0, stated[key] - k) for key, k in truth.items())
+    _, absent, named, errors, repeated = _object_truth(toks, objs)
     return sum(held), len(held) - sum(held), absent, len(objs) - named, sum(errors), repeated
 
 
@@ -364,14 +362,16 @@ def _count_errors(toks: list[str], phrases: list[Phrase], objs: Sequence[Mapping
     return wrong
 
 
-def _object_truth(toks: list[str], objs: Sequence[Mapping]) -> tuple[list[Phrase], int, int, list[bool]]:
+def _object_truth(toks: list[str], objs: Sequence[Mapping]) -> tuple[list[Phrase], int, int, list[bool], int]:
     """What one tokenised caption says of a scene's objects, as hallucination and truth_counts both
     count it: its noun phrases, how many of them match no object, how many of the objects it names
-    by colour and shape (min(objects, number named) per colour-shape) and _count_errors."""
+    by colour and shape (min(objects, number named) per colour-shape), _count_errors, and how many
+    mentions of the scene's colour-shapes go beyond their number (the rest of those named)."""
     phrases = noun_phrases(toks)
     stated, truth = parse_objects(toks), Counter(_object_key(o) for o in objs)
     named = sum(min(k, stated[key]) for key, k in truth.items())
-    return phrases, sum(not _matches(p, objs) for p in phrases), named, _count_errors(toks, phrases, objs)
+    repeated = sum(stated[key] for key in truth) - named
+    return phrases, sum(not _matches(p, objs) for p in phrases), named, _count_errors(toks, phrases, objs), repeated
 
 
 def hallucination(predictions: Mapping[Any, Any], objects: Mapping[Any, Sequence[Mapping]]) -> dict[str, Any]:
@@ -387,7 +387,7 @@ def hallucination(predictions: Mapping[Any, Any], objects: Mapping[Any, Sequence
     _check_same_ids(predictions, objects, "predictions", "objects")
     n: Counter = Counter()
     for img_id, objs in objects.items():
-        phrases, absent, named, errors = _object_truth(_tokens(predictions[img_id]), objs)
+        phrases, absent, named, errors, _ = _object_truth(_tokens(predictions[img_id]), objs)
         n.update(mentions=len(phrases), hallucinated=absent, bad_captions=absent > 0, objects=len(objs),
                  named=named, stating=bool(errors), miscounting=any(errors))
     nan = float("nan")
