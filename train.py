@@ -31,6 +31,13 @@ from cli import add_data_args, add_options, data_source_rank0_first, setup_loggi
 
 # References that state where things are: relations, positions, "to its left" (--prefer-captions).
 RELATIONAL = r"\b(left|right|above|below|top|bottom|middle|centre|its)\b"
+# References that state where things are in scenes of one or two objects (fewer than three singular shape nouns),
+# and the lists of three-object scenes (no position word; "three" or three shape nouns): relations where they are
+# easy, the objects named first where they are not (README, "What was tried": the relation-where-easy recipe).
+_WHERE = r"\b(?:left|right|above|below|top|bottom|middle|centre|its)\b"
+_SHAPE = r"\b(?:circle|square|triangle|star|cross|hexagon)"
+RELATIONAL_BELOW_THREE = (rf"^(?!.*{_WHERE})(?=.*\bthree\b|(?:.*{_SHAPE}s?\b){{3}})"
+                          rf"|^(?!(?:.*{_SHAPE}\b){{3}}).*{_WHERE}")
 PRESETS = {
     # The bundled demo model: 12 cross-entropy epochs, then two self-critical epochs in runs/shapes/scst at 5e-4
     # whose reward also pays for the truth (README, "What was tried": SCST halves hallucination, the truth terms
@@ -54,7 +61,7 @@ PRESETS["shapes-relations"] = {
 # The self-critical stage's learning rate unless --then-scst-lr (or a preset) says otherwise.
 SCST_LR = 2e-4
 # Weights of self-critical terms: a --then-scst run gives them to its second stage, not its first.
-SCST_TERMS = (*TRUTH_WEIGHTS, "scst_xe", "scst_xe_words")
+SCST_TERMS = (*TRUTH_WEIGHTS, "scst_relation_objects", "scst_xe", "scst_xe_words")
 # The preset's self-critical stage as it was before the truth reward: CIDEr-D alone at 2e-4. What the ablation
 # table and the quality sweep measured (bench/), and keep measuring, on top of --preset shapes.
 CIDER_D_STAGE = ["--then-scst-lr", "2e-4", *(x for k in TRUTH_WEIGHTS for x in ("--" + k.replace("_", "-"), "0"))]
@@ -138,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # the shapes world: without the stage, or (truth weights) on other data, they are left out (the same
         # options given by the user are still checked).
         left_out = set(SCST_TERMS) if not args.scst and not args.then_scst else \
-            set(TRUTH_WEIGHTS) if args.data not in (None, "shapes") else set()
+            {*TRUTH_WEIGHTS, "scst_relation_objects"} if args.data not in (None, "shapes") else set()
         for k in left_out & (set(PRESETS[args.preset]) - set(loaded) - given):
             setattr(args, k, None)
     if args.then_scst is not None and args.then_scst < 0:

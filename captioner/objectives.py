@@ -209,6 +209,7 @@ class SelfCritical:
         cfg = run.cfg
         # With a truth reward (shapes world): each image's objects, and the signed weights of truth_counts' counts.
         self.truth_weights = np.array([getattr(cfg, k) for k in TRUTH_WEIGHTS]) * np.array(TRUTH_SIGNS)
+        self.relation_objects = cfg.scst_relation_objects
         self.objects = None
         self.xe_ids = None  # --scst-xe-words: the vocabulary ids its cross-entropy term covers
         if cfg.scst_xe and cfg.scst_xe_words:
@@ -255,6 +256,8 @@ class SelfCritical:
             scenes = per_caption([self.objects[k] for k in images])
             counts = np.array([truth_counts(self.vocab.decode_tokens(c), o) for c, o in zip(captions, scenes)],
                               dtype=np.float64).reshape(-1, len(TRUTH_WEIGHTS))
+            if self.relation_objects:  # --scst-relation-objects: no pay for true relations in larger scenes
+                counts[[len(o) > self.relation_objects for o in scenes], 0] = 0
             truth = counts @ self.truth_weights
             scores = scores + truth
         sample_r = scores[: B * K].reshape(B, K)

@@ -173,6 +173,10 @@ class TrainConfig:
                                      "mention of an object of its scene beyond how many of it there are ('a red "
                                      "circle ... and a red circle' before one: a third object named as the first "
                                      "again costs this on top of --scst-missed)")
+    scst_relation_objects: int = option(0, "with --scst-true-relation: pay for true relations only in scenes of at "
+                                           "most this many objects (false ones are charged in every scene), so "
+                                           "that the model states relations where they are easy and lists the "
+                                           "objects of the others; 0: in every scene")
     scst_xe: float = option(0.0, "self-critical training: add this weight x the cross-entropy loss of one reference "
                                  "per image (drawn as the cross-entropy stage draws it, --prefer-captions too) to "
                                  "the policy-gradient loss, the mixed objective of Paulus et al. 2018 (0: off)")
@@ -263,6 +267,11 @@ class TrainConfig:
             if w and not self.scst:
                 raise ValueError(f"--{name.replace('_', '-')} weighs a self-critical reward: add --scst true "
                                  "(or use --then-scst)")
+        if self.scst_relation_objects < 0:
+            raise ValueError(f"scst_relation_objects must be 0 (every scene) or positive, not "
+                             f"{self.scst_relation_objects}")
+        if self.scst_relation_objects and not self.scst_true_relation:
+            raise ValueError("--scst-relation-objects limits where --scst-true-relation pays: give it too")
         if self.scst_xe < 0:
             raise ValueError(f"scst_xe must be 0 (off) or positive, not {self.scst_xe}")
         if self.scst_xe and not self.scst:

@@ -131,8 +131,9 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
         opt.step()
     K, L = 12, 16
 
-    def step(weights: tuple[float, ...]) -> dict:
-        cfg = TrainConfig(scst=True, scst_samples=K, sample_max_len=L, seed=6, **dict(zip(TRUTH_WEIGHTS, weights)))
+    def step(weights: tuple[float, ...], relation_objects: int = 0) -> dict:
+        cfg = TrainConfig(scst=True, scst_samples=K, sample_max_len=L, seed=6, scst_relation_objects=relation_objects,
+                          **dict(zip(TRUTH_WEIGHTS, weights)))
         data = SimpleNamespace(captions=[[vocab.encode(c.split()) for c in said[:1]]], ds=SimpleNamespace(
             image_ids=[42]))
         run = SimpleNamespace(cfg=cfg, dist=SimpleNamespace(enabled=False, rank=0, world=1), dtype=None, scaler=None,
@@ -156,6 +157,17 @@ def test_truth_reward_adds_the_weighted_counts_to_every_sample_and_the_greedy_ca
     g = truth_counts(greedy, objs)
     assert (paid["baseline"] - plain["baseline"]).item() == pytest.approx(
         (torch.tensor(g, dtype=torch.float64) @ signed).item(), abs=1e-5)
+    # --scst-relation-objects N: true relations are paid only in scenes of at most N objects (this one has two),
+    # false ones charged in every scene
+    assert step(w, relation_objects=2)["truth"].item() == pytest.approx(expected, abs=1e-6)
+    unpaid = counts.clone()
+    unpaid[:, 0] = 0
+    assert step(w, relation_objects=1)["truth"].item() == pytest.approx((unpaid @ signed).mean().item(), abs=1e-6)
+    assert counts[:, 0].sum() > 0 and counts[:, 1].sum() > 0  # so both asserts above can tell the difference
+    with pytest.raises(ValueError, match="give it too"):
+        TrainConfig(scst=True, scst_relation_objects=2)
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(scst=True, scst_true_relation=1.0, scst_relation_objects=-1)
 
 
 def test_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_the_epoch_draws():
@@ -351,12 +363,13 @@ def test_truth_reward_goes_to_the_self_critical_stage_and_needs_the_scenes(world
     shutil.copytree(xe / "run", out)  # the finished first stage: --resume auto goes on to the second
     argv = train_args(world, out, xe / "cache", 4, scst_samples=4, sample_max_len=16, dropout=0) + [
         "--then-scst", "1", "--scst-true-relation", "1", "--scst-false-relation", "2", "--scst-phantom", "1",
-        "--scst-missed", "0.5", "--scst-repeat", "3", "--resume", "auto"]
+        "--scst-missed", "0.5", "--scst-repeat", "3", "--scst-relation-objects", "2", "--resume", "auto"]
     args = train.parse_args(argv)
     first = train.train_config(args)
     second = train.second_stage(args, first)
     assert [getattr(first, k) for k in TRUTH_WEIGHTS] == [0, 0, 0, 0, 0, 0]
     assert [getattr(second, k) for k in TRUTH_WEIGHTS] == [1, 2, 1, 0.5, 0, 3]
+    assert (first.scst_relation_objects, second.scst_relation_objects) == (0, 2)
     summary = train.main(argv)
     (entry,) = summary["history"]
     assert entry["stage"] == "scst" and entry["truth"] != 0 and math.isfinite(entry["truth"])
