@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ablations import Ablations  # noqa: E402
 from bench.quality_sweep import table_lines  # noqa: E402
-from train import PRESETS, RELATIONAL, RELATIONAL_BELOW_THREE  # noqa: E402
+from train import PRESETS, RELATION_WORDS, RELATIONAL, RELATIONAL_BELOW_THREE  # noqa: E402
 
 # The stage as --preset shapes runs it after its cross-entropy epochs (train.second_stage: its epochs and rate, no
 # warm-up, no early stop; the preset's truth weights and val CIDEr unless a variant or --extra sets them;
@@ -59,8 +59,7 @@ VARIANTS["t2f2-m3p2-x4"] = [*VARIANTS["t2f2-m3p2"], "--scst-xe", "4", *MIXED]
 VARIANTS.update({f"{w}-x1": [*VARIANTS[w], "--scst-xe", "1", *MIXED] for w in ("t2f3", "t2f4")})
 # ... with the cross-entropy over only the words that state where things are (the words of the world's relation
 # and position references, none of its colours, shapes, sizes or numbers): the habit of stating relations without
-# the colour-shape pairs' priors.
-RELATION_WORDS = "to|the|of|left|right|above|below|with|its|it|is|at|in|on|top|bottom|middle|centre"
+# the colour-shape pairs' priors (train.RELATION_WORDS).
 VARIANTS["t2f2-x4r"] = [*VARIANTS["t2f2-x4"], "--scst-xe-words", RELATION_WORDS]
 VARIANTS["t2f2-x2r"] = [*VARIANTS["t2f2"], "--scst-xe", "2", *MIXED, "--scst-xe-words", RELATION_WORDS]
 VARIANTS["t2f2-m3p2-x2r"] = [*VARIANTS["t2f2-m3p2"], "--scst-xe", "2", *MIXED, "--scst-xe-words", RELATION_WORDS]

@@ -26,7 +26,7 @@ from captioner.search import BLOCKED, greedy_search
 from captioner.text import END_ID, PAD_ID, START_ID
 from captioner.training import TrainConfig
 from procs import kill_when
-from tiny import train_args
+from tiny import make_world, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 V, N, C, L = 40, 6, 8, 6
@@ -406,3 +406,33 @@ def test_then_scst_is_the_two_commands_in_one(world, xe, tmp_path):
     assert [(h["epoch"], h["loss"]) for h in again["history"]] == [(h["epoch"], h["loss"]) for h in summary["history"]]
     with pytest.raises(SystemExit):
         train.parse_args(train_args(world, out, xe / "cache", 1, scst="true") + ["--then-scst", "1"])
+
+
+def test_then_scst_shapes_dir_trains_the_stage_on_another_world(world, xe, tmp_path):
+    """`--then-scst-shapes-dir DIR`: the self-critical stage trains on another shapes world (generated when
+    missing) from the first stage's best.pt, as the stage run alone on that world would; --preset shapes trains
+    its cross-entropy stage on the wider world and its stage on the default one, and gives both to a folder the
+    user names."""
+    import shutil
+
+    other = make_world(tmp_path / "other", seed=4)
+    stage_opts = {"scst_samples": 4, "sample_max_len": 16, "dropout": 0}
+    out = tmp_path / "one"
+    shutil.copytree(xe / "run", out)
+    argv = train_args(world, out, xe / "cache", 4, **stage_opts) + [
+        "--then-scst", "1", "--then-scst-lr", "2e-3", "--then-scst-shapes-dir", str(other), "--resume", "auto"]
+    summary = train.main(argv)
+    alone = train.main(train_args(other, tmp_path / "two", xe / "cache", 1, scst="true",
+                                  init_from=out / "best.pt", lr=2e-3, warmup_steps=0, patience=0, **stage_opts))
+    same_world = train.main(train_args(world, tmp_path / "three", xe / "cache", 1, scst="true",
+                                       init_from=out / "best.pt", lr=2e-3, warmup_steps=0, patience=0, **stage_opts))
+    assert summary["history"][0]["loss"] == pytest.approx(alone["history"][0]["loss"], rel=1e-6)
+    assert summary["history"][0]["loss"] != pytest.approx(same_world["history"][0]["loss"], rel=1e-6)
+    with pytest.raises(SystemExit):  # a world for a stage that is not asked for
+        train.parse_args(train_args(world, out, xe / "cache", 1) + ["--then-scst-shapes-dir", str(other)])
+    demo = train.parse_args(["--preset", "shapes-next"])
+    assert Path(demo.shapes_dir).name == "shapes-wide" and demo.then_scst_shapes_dir == str(train.DEFAULT_SHAPES_DIR)
+    alone = train.parse_args(["--preset", "shapes-next", "--scst", "true", "--init-from", "x.pt"])  # the stage alone
+    assert alone.shapes_dir == str(train.DEFAULT_SHAPES_DIR) and alone.shapes_wide_train is None
+    mine = train.parse_args(["--preset", "shapes-next", "--shapes-dir", str(other)])
+    assert mine.shapes_dir == str(other) and mine.shapes_wide_train is None and mine.then_scst_shapes_dir is None

@@ -318,6 +318,17 @@ def test_the_presets_truth_reward_goes_to_its_self_critical_stage_only(tmp_path)
     assert not (rel_scst.att_supervision or rel_scst.recall_supervision)
     assert not (rel_alone.att_supervision or rel_alone.recall_supervision) and rel_alone.truth_reward
     assert (rel_scst.scst_true_relation, rel_scst.scst_false_relation) == (2.0, 2.0)
+    # shapes-next, the candidate demo model's: the relation recipe on the wider world it generates, its draw, and its
+    # stage's terms (relations paid in scenes of one or two objects, the relation words' cross-entropy)
+    nxt = train.parse_args(["--preset", "shapes-next"])
+    nxt_xe, nxt_scst = train.train_config(nxt), train.second_stage(nxt, train.train_config(nxt))
+    assert nxt.shapes_dir.endswith("shapes-wide") and nxt.shapes_wide_train == [] and nxt_xe.seed == 2
+    assert nxt_xe.prefer_captions == nxt_scst.prefer_captions == train.RELATIONAL_BELOW_THREE
+    assert nxt_xe.att_supervision and not nxt_xe.truth_reward and not nxt_xe.scst_xe
+    assert not nxt_xe.scst_relation_objects and nxt_scst.scst_relation_objects == 2
+    assert (nxt_scst.scst_true_relation, nxt_scst.scst_false_relation, nxt_scst.scst_xe) == (1.0, 1.0, 2.0)
+    assert nxt_scst.scst_xe_words == train.RELATION_WORDS and nxt_scst.val_metric == "scene_accuracy"
+    assert train.parse_args(["--preset", "shapes"]).shapes_dir == str(train.DEFAULT_SHAPES_DIR)
     assert train.train_config(train.parse_args(["--preset", "shapes-relations", "--scst", "true", "--init-from",
                                                 "x.pt", "--val-metric", "BLEU-4"])).val_metric == "BLEU-4"
     for argv in (["--then-scst", "0"], ["--data", "coco"]):
