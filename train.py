@@ -176,16 +176,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, k, None)
     if args.then_scst is not None and args.then_scst < 0:
         parser.error(f"--then-scst must be 0 or more epochs, not {args.then_scst}")
-    if args.then_scst_shapes_dir:
-        stated_dir = "then_scst_shapes_dir" in given | set(loaded)
-        if args.data not in (None, "shapes") or not args.then_scst:
-            if stated_dir:
-                parser.error("--then-scst-shapes-dir names the shapes world of the --then-scst stage: "
-                             + ("not with --data " + args.data if args.data not in (None, "shapes")
-                                else "give --then-scst N too"))
-            if args.scst and args.data in (None, "shapes") and "shapes_dir" not in given | set(loaded):
-                args.shapes_dir, args.shapes_wide_train = args.then_scst_shapes_dir, None  # the preset's stage alone
-            args.then_scst_shapes_dir = None
+    shapes = args.data in (None, "shapes")
+    if args.then_scst_shapes_dir and (not shapes or not args.then_scst):  # no shapes stage after this run
+        if "then_scst_shapes_dir" in given | set(loaded):
+            parser.error("--then-scst-shapes-dir names the shapes world of a --then-scst stage: "
+                         + ("give --then-scst N too" if shapes else f"not with --data {args.data}"))
+        if args.scst and shapes and "shapes_dir" not in given | set(loaded):  # the preset's stage, run alone
+            args.shapes_dir, args.shapes_wide_train = args.then_scst_shapes_dir, None
+        args.then_scst_shapes_dir = None
     try:  # refuse a bad option value now, before any data is read
         second_stage(args, train_config(args))
     except (TypeError, ValueError) as e:

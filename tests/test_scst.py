@@ -410,8 +410,8 @@ def test_then_scst_is_the_two_commands_in_one(world, xe, tmp_path):
 
 def test_then_scst_shapes_dir_trains_the_stage_on_another_world(world, xe, tmp_path):
     """`--then-scst-shapes-dir DIR`: the self-critical stage trains on another shapes world (generated when
-    missing) from the first stage's best.pt, as the stage run alone on that world would; --preset shapes trains
-    its cross-entropy stage on the wider world and its stage on the default one, and gives both to a folder the
+    missing) from the first stage's best.pt, as the stage run alone on that world would; --preset shapes-next
+    trains its cross-entropy stage on the wider world and its stage on the default one, and gives both to a folder the
     user names."""
     import shutil
 
