@@ -5,7 +5,7 @@
     python bench/ablations.py --report-only                     # the table of the runs on disk
     python bench/ablations.py --device cuda --jobs 4            # on a GPU
 
-Variants (each `train.py --preset shapes` at one fixed budget, --epochs, then its options):
+Variants (each `train.py --preset shapes-base` at one fixed budget, --epochs, then its options):
   none          no attention: the context is the mean annotation vector at every step (Show-and-Tell-like)
   soft          soft attention (the preset)
   hard          hard attention, section 4.1 (sampled locations + REINFORCE; the expectation at test time)
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from captioner.atomic import atomic_write_text  # noqa: E402
 from train import CIDER_D_STAGE  # noqa: E402
 
-BASE = {  # name -> train.py options on top of --preset shapes
+BASE = {  # name -> train.py options on top of --preset shapes-base
     "none": ["--attention", "none"],
     "soft": ["--attention", "soft"],
     "hard": ["--attention", "hard"],
@@ -90,7 +90,8 @@ class Ablations:
 
     def _common(self, seed: int) -> list[str]:
         a = self.a
-        return ["--preset", "shapes", "--seed", str(seed), "--device", a.device, "--resume", "auto", "--no-progress",
+        return ["--preset", "shapes-base", "--seed", str(seed), "--device", a.device, "--resume", "auto",
+                "--no-progress",
                 "--then-scst", "0",  # the preset's own self-critical epoch: the staged variants do theirs
                 *CIDER_D_STAGE,  # ... with CIDEr-D alone, as the table says
                 "--cache-dir", a.cache_dir, *(["--shapes-dir", a.shapes_dir] if a.shapes_dir else []),

@@ -3,7 +3,7 @@
     python bench/objective_compare.py                         # 2 objectives x seeds 1, 2; 6 epochs each
     python bench/objective_compare.py --epochs 14 --seeds 1 2 3
 
-Each run is `train.py --preset shapes` with `--objective token` or `--objective paper` and its
+Each run is `train.py --preset shapes-base` with `--objective token` or `--objective paper` and its
 own seed, in runs/objective/<objective>-s<seed>. Resumable: a finished run (summary.json) is
 kept and an interrupted one continues from its last.pt, so re-running the command after a kill
 finishes the table. Prints a markdown table of the last epoch's validation scores (beam 3,
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             out = Path(args.out) / f"{name}-s{seed}"
             if not args.report_only and not (out / "summary.json").is_file():
-                train.main(["--preset", "shapes", "--out", str(out), "--epochs", str(args.epochs), "--seed", str(seed),
-                            "--resume", "auto", "--no-progress", "--then-scst", "0", *OBJECTIVES[name]])
+                train.main(["--preset", "shapes-base", "--out", str(out), "--epochs", str(args.epochs),
+                            "--seed", str(seed), "--resume", "auto", "--no-progress", "--then-scst", "0",
+                            *OBJECTIVES[name]])
             if (out / "summary.json").is_file():
                 hist = json.loads((out / "history.json").read_text())
                 rows[(name, seed)] = hist[-1]

@@ -1,11 +1,11 @@
-"""What helps the demo model name only what is there: variants of the shapes preset, measured.
+"""What helps the demo model name only what is there: variants of the shapes-base preset, measured.
 
     python bench/quality_sweep.py                                 # every variant x seeds 1, 2; 8 epochs each
     python bench/quality_sweep.py --variants base coords --seeds 1 2 3 --epochs 14
     python bench/quality_sweep.py --report-only                   # the table of the runs on disk
     python bench/quality_sweep.py --variants coords lambda0 lambda0+scst --epochs 16   # the preset's budget
 
-Each run is `train.py --preset shapes` plus the variant's options, with its own seed and a fixed
+Each run is `train.py --preset shapes-base` plus the variant's options, with its own seed and a fixed
 number of epochs (EPOCHS-2 in a variant: two fewer, for the self-critical epoch that follows), in
 runs/quality/<variant>-s<seed> (its last stage's folder, with --then-scst); its best.pt (by val CIDEr, beam 3) is then
 scored by `evaluate.py` on `val` and on `test_shift` (the rendering styles training never sees).
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 from train import RELATIONAL  # noqa: E402  (references stating where things are)
 
-VARIANTS = {  # name -> train.py options on top of --preset shapes (each says every option it varies)
+VARIANTS = {  # name -> train.py options on top of --preset shapes-base (each says every option it varies)
     "base": ["--coords", "false"],
     "coords": ["--coords", "true"],
     "prefer": ["--coords", "false", "--prefer-captions", RELATIONAL, "--prefer-weight", "3"],
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             opts = [o.replace("EPOCHS-2", str(args.epochs - 2)) for o in VARIANTS[name]]
             out = run / "scst" if "--then-scst" in opts else run  # where the model to score is
             if not args.report_only and not (out / "summary.json").is_file():
-                train.main(["--preset", "shapes", "--out", str(run), "--epochs", str(args.epochs),
+                train.main(["--preset", "shapes-base", "--out", str(run), "--epochs", str(args.epochs),
                             "--seed", str(seed), "--resume", "auto", "--no-progress", "--then-scst", "0",
                             *train.CIDER_D_STAGE, *opts])
             for split in SPLITS:

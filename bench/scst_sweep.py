@@ -30,13 +30,13 @@ from bench.ablations import Ablations  # noqa: E402
 from bench.quality_sweep import table_lines  # noqa: E402
 from train import PRESETS, RELATION_WORDS, RELATIONAL, RELATIONAL_BELOW_THREE  # noqa: E402
 
-# The stage as --preset shapes runs it after its cross-entropy epochs (train.second_stage: its epochs and rate, no
+# The stage as --preset shapes-base runs it after its cross-entropy epochs (train.second_stage: its epochs and rate, no
 # warm-up, no early stop; the preset's truth weights and val CIDEr unless a variant or --extra sets them;
 # --preset shapes-relations's stage is t2f2 chosen by val scene accuracy).
-STAGE = ["--preset", "shapes", "--scst", "true", "--epochs", str(PRESETS["shapes"]["then_scst"]),
-         "--lr", str(PRESETS["shapes"]["then_scst_lr"]), "--warmup-steps", "0", "--patience", "0", "--no-progress"]
+STAGE = ["--preset", "shapes-base", "--scst", "true", "--epochs", str(PRESETS["shapes-base"]["then_scst"]),
+         "--lr", str(PRESETS["shapes-base"]["then_scst_lr"]), "--warmup-steps", "0", "--patience", "0", "--no-progress"]
 VARIANTS = {  # name -> the weights it varies (t: true relation, f: false relation, m: missed, p: phantom)
-    "t1f2": ["--scst-true-relation", "1", "--scst-false-relation", "2"],  # the demo preset's stage
+    "t1f2": ["--scst-true-relation", "1", "--scst-false-relation", "2"],  # the base preset's stage
     "t2f2": ["--scst-true-relation", "2", "--scst-false-relation", "2"],
     "t2f3": ["--scst-true-relation", "2", "--scst-false-relation", "3"],
     "t2f4": ["--scst-true-relation", "2", "--scst-false-relation", "4"],

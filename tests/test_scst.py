@@ -325,7 +325,7 @@ def test_mixed_objective_trains_the_same_in_two_processes_and_goes_to_the_second
 def test_a_presets_mixed_objective_goes_to_its_self_critical_stage_only(monkeypatch):
     """A preset's --scst-xe reaches its self-critical stage (run after it, or alone), and is left out of a run of
     the preset without that stage, where the same option given by the user is refused."""
-    monkeypatch.setitem(train.PRESETS, "mixed", {**train.PRESETS["shapes"], "scst_xe": 2.0})
+    monkeypatch.setitem(train.PRESETS, "mixed", {**train.PRESETS["shapes-base"], "scst_xe": 2.0})
     args = train.parse_args(["--preset", "mixed"])
     assert train.train_config(args).scst_xe == 0 and train.second_stage(args, train.train_config(args)).scst_xe == 2
     alone = train.parse_args(["--preset", "mixed", "--scst", "true", "--init-from", "x.pt"])
@@ -410,7 +410,7 @@ def test_then_scst_is_the_two_commands_in_one(world, xe, tmp_path):
 
 def test_then_scst_shapes_dir_trains_the_stage_on_another_world(world, xe, tmp_path):
     """`--then-scst-shapes-dir DIR`: the self-critical stage trains on another shapes world (generated when
-    missing) from the first stage's best.pt, as the stage run alone on that world would; --preset shapes-next
+    missing) from the first stage's best.pt, as the stage run alone on that world would; --preset shapes
     trains its cross-entropy stage on the wider world and its stage on the default one, and gives both to a folder the
     user names."""
     import shutil
@@ -430,9 +430,9 @@ def test_then_scst_shapes_dir_trains_the_stage_on_another_world(world, xe, tmp_p
     assert summary["history"][0]["loss"] != pytest.approx(same_world["history"][0]["loss"], rel=1e-6)
     with pytest.raises(SystemExit):  # a world for a stage that is not asked for
         train.parse_args(train_args(world, out, xe / "cache", 1) + ["--then-scst-shapes-dir", str(other)])
-    demo = train.parse_args(["--preset", "shapes-next"])
+    demo = train.parse_args(["--preset", "shapes"])
     assert Path(demo.shapes_dir).name == "shapes-wide" and demo.then_scst_shapes_dir == str(train.DEFAULT_SHAPES_DIR)
-    alone = train.parse_args(["--preset", "shapes-next", "--scst", "true", "--init-from", "x.pt"])  # the stage alone
+    alone = train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"])  # the stage alone
     assert alone.shapes_dir == str(train.DEFAULT_SHAPES_DIR) and alone.shapes_wide_train is None
-    mine = train.parse_args(["--preset", "shapes-next", "--shapes-dir", str(other)])
+    mine = train.parse_args(["--preset", "shapes", "--shapes-dir", str(other)])
     assert mine.shapes_dir == str(other) and mine.shapes_wide_train is None and mine.then_scst_shapes_dir is None

@@ -38,7 +38,7 @@ def test_sweep_runs_each_variant_from_the_model_once_and_reports_it(tmp_path):
         assert (cfg["scst_true_relation"], cfg["scst_false_relation"]) == weights and cfg["scst"]
         assert cfg["scst_baseline"] == baseline and cfg["seed"] == 3 and cfg["epochs"] == 1
         assert cfg["init_from"] == str(tmp_path / "xe" / "best.pt")
-        assert cfg["scst_missed"] == train.PRESETS["shapes"]["scst_missed"]  # the preset's other terms
+        assert cfg["scst_missed"] == train.PRESETS["shapes-base"]["scst_missed"]  # the preset's other terms
     # run again: everything is on disk, nothing is trained or scored again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.pt")} | {p: p.stat().st_mtime_ns
                                                                      for p in out.glob("*/eval/*.json")}

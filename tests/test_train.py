@@ -57,7 +57,7 @@ def test_train_main_loss_falls_and_writes_the_run(trained):
 def test_yaml_sets_defaults_and_flags_override(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 9\nlr: 0.5\nhidden_dim: 128\n")
-    args = train.parse_args(["--config", str(cfg), "--lr", "0.1", "--preset", "shapes"])
+    args = train.parse_args(["--config", str(cfg), "--lr", "0.1", "--preset", "shapes-base"])
     tc = train.train_config(args)
     assert (tc.epochs, tc.lr, tc.hidden_dim) == (9, 0.1, 128)
     cfg.write_text("no_such_option: 1\n")
@@ -270,27 +270,28 @@ def test_the_same_run_in_another_folder_exports_the_same_file(world, tmp_path, m
 
 
 def test_the_preset_ends_with_its_self_critical_epochs_unless_the_run_is_one(tmp_path):
-    """`--preset shapes` is cross-entropy then two self-critical epochs (the demo model's recipe); a
-    self-critical run started on the preset's options is that stage itself, and --then-scst 0 stops early.
-    Asking for a stage after a self-critical run is still refused."""
+    """`--preset shapes-base` (as `--preset shapes`, the demo model's recipe) is cross-entropy then two
+    self-critical epochs; a self-critical run started on the preset's options is that stage itself, and
+    --then-scst 0 stops early. Asking for a stage after a self-critical run is still refused."""
+    assert train.parse_args(["--preset", "shapes-base"]).then_scst == 2
     assert train.parse_args(["--preset", "shapes"]).then_scst == 2
-    assert train.parse_args(["--preset", "shapes", "--then-scst", "0"]).then_scst == 0
-    args = train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"])
+    assert train.parse_args(["--preset", "shapes-base", "--then-scst", "0"]).then_scst == 0
+    args = train.parse_args(["--preset", "shapes-base", "--scst", "true", "--init-from", "x.pt"])
     assert args.then_scst == 0 and train.train_config(args).scst
     # ... at the stage's rate and without warm-up, as the stage runs after the cross-entropy epochs
-    stage = train.second_stage(train.parse_args(["--preset", "shapes"]), train.train_config(train.parse_args(
-        ["--preset", "shapes"])))
+    stage = train.second_stage(train.parse_args(["--preset", "shapes-base"]), train.train_config(train.parse_args(
+        ["--preset", "shapes-base"])))
     alone = train.train_config(args)
     assert (alone.lr, alone.warmup_steps) == (stage.lr, stage.warmup_steps) == (5e-4, 0)
-    said = train.train_config(train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt",
+    said = train.train_config(train.parse_args(["--preset", "shapes-base", "--scst", "true", "--init-from", "x.pt",
                                                 "--lr", "1e-4", "--warmup-steps", "10"]))
     assert (said.lr, said.warmup_steps) == (1e-4, 10)
     with pytest.raises(SystemExit):
-        train.parse_args(["--preset", "shapes", "--scst", "true", "--then-scst", "1"])
+        train.parse_args(["--preset", "shapes-base", "--scst", "true", "--then-scst", "1"])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("then_scst: 1\n")  # a stage asked for in a config file is asked for too
     with pytest.raises(SystemExit):
-        train.parse_args(["--preset", "shapes", "--config", str(cfg), "--scst", "true"])
+        train.parse_args(["--preset", "shapes-base", "--config", str(cfg), "--scst", "true"])
 
 
 def test_the_presets_truth_reward_goes_to_its_self_critical_stage_only(tmp_path):
@@ -299,15 +300,16 @@ def test_the_presets_truth_reward_goes_to_its_self_critical_stage_only(tmp_path)
     given by the user are still checked."""
     from captioner.training import TRUTH_WEIGHTS
 
-    args = train.parse_args(["--preset", "shapes"])
+    args = train.parse_args(["--preset", "shapes-base"])
     xe = train.train_config(args)
     scst = train.second_stage(args, xe)
     assert not xe.truth_reward and scst.truth_reward and scst.lr == 5e-4
-    assert [getattr(scst, k) for k in TRUTH_WEIGHTS] == [train.PRESETS["shapes"].get(k, 0.0) for k in TRUTH_WEIGHTS]
-    alone = train.train_config(train.parse_args(["--preset", "shapes", "--scst", "true", "--init-from", "x.pt"]))
+    base = train.PRESETS["shapes-base"]
+    assert [getattr(scst, k) for k in TRUTH_WEIGHTS] == [base.get(k, 0.0) for k in TRUTH_WEIGHTS]
+    alone = train.train_config(train.parse_args(["--preset", "shapes-base", "--scst", "true", "--init-from", "x.pt"]))
     assert alone.truth_reward  # the preset's stage run on its own
     # shapes-relations: its stage chosen by val scene accuracy, also run alone, without the cross-entropy stage's
-    # supervision terms; the demo preset's by CIDEr
+    # supervision terms; the base preset's by CIDEr
     assert xe.val_metric == scst.val_metric == alone.val_metric == "CIDEr"
     rel = train.parse_args(["--preset", "shapes-relations"])
     rel_xe, rel_scst = train.train_config(rel), train.second_stage(rel, train.train_config(rel))
@@ -318,29 +320,29 @@ def test_the_presets_truth_reward_goes_to_its_self_critical_stage_only(tmp_path)
     assert not (rel_scst.att_supervision or rel_scst.recall_supervision)
     assert not (rel_alone.att_supervision or rel_alone.recall_supervision) and rel_alone.truth_reward
     assert (rel_scst.scst_true_relation, rel_scst.scst_false_relation) == (2.0, 2.0)
-    # shapes-next, the candidate demo model's: the relation recipe on the wider world it generates, its draw, and its
+    # shapes, the demo model's: the relation recipe on the wider world it generates, its draw, and its
     # stage's terms (relations paid in scenes of one or two objects, the relation words' cross-entropy)
-    nxt = train.parse_args(["--preset", "shapes-next"])
+    nxt = train.parse_args(["--preset", "shapes"])
     nxt_xe, nxt_scst = train.train_config(nxt), train.second_stage(nxt, train.train_config(nxt))
-    assert nxt.shapes_dir.endswith("shapes-wide") and nxt.shapes_wide_train == [] and nxt_xe.seed == 2
+    assert nxt.shapes_dir.endswith("shapes-wide") and nxt.shapes_wide_train == [] and nxt_xe.seed == 1
     assert nxt_xe.prefer_captions == nxt_scst.prefer_captions == train.RELATIONAL_BELOW_THREE
     assert nxt_xe.att_supervision and not nxt_xe.truth_reward and not nxt_xe.scst_xe
     assert not nxt_xe.scst_relation_objects and nxt_scst.scst_relation_objects == 2
     assert (nxt_scst.scst_true_relation, nxt_scst.scst_false_relation, nxt_scst.scst_xe) == (1.0, 1.0, 2.0)
     assert nxt_scst.scst_xe_words == train.RELATION_WORDS and nxt_scst.val_metric == "scene_accuracy"
-    assert train.parse_args(["--preset", "shapes"]).shapes_dir == str(train.DEFAULT_SHAPES_DIR)
+    assert train.parse_args(["--preset", "shapes-base"]).shapes_dir == str(train.DEFAULT_SHAPES_DIR)
     assert train.train_config(train.parse_args(["--preset", "shapes-relations", "--scst", "true", "--init-from",
                                                 "x.pt", "--val-metric", "BLEU-4"])).val_metric == "BLEU-4"
     for argv in (["--then-scst", "0"], ["--data", "coco"]):
-        args = train.parse_args(["--preset", "shapes", *argv])
+        args = train.parse_args(["--preset", "shapes-base", *argv])
         stages = [train.train_config(args), train.second_stage(args, train.train_config(args))]
         assert not any(s is not None and s.truth_reward for s in stages), argv
     with pytest.raises(SystemExit):  # asked for by the user: refused as before
-        train.parse_args(["--preset", "shapes", "--then-scst", "0", "--scst-phantom", "1"])
+        train.parse_args(["--preset", "shapes-base", "--then-scst", "0", "--scst-phantom", "1"])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("scst_missed: 3\n")
     with pytest.raises(SystemExit):
-        train.parse_args(["--preset", "shapes", "--then-scst", "0", "--config", str(cfg)])
+        train.parse_args(["--preset", "shapes-base", "--then-scst", "0", "--config", str(cfg)])
 
 
 def test_attention_supervision_puts_the_attention_on_the_objects(world, tmp_path, capsys):
