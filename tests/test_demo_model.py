@@ -31,23 +31,21 @@ def test_metrics(tmp_path_factory):
 def test_demo_model_meets_the_floors(test_metrics):
     """Floors the committed model holds (README, "Results: the demo model").
 
-    The model-quality issue's floors on test, scene accuracy >= 0.90 (0.922) and CHAIR_i <= 0.05
-    (0.040), hold; its relation floor (relation_rate >= 0.20 at relation accuracy >= 0.80) is not
-    reached: this model (12 cross-entropy epochs, two self-critical ones with the truth reward)
-    states no relation at all. The tighter floors are this model's with a margin, as the README
-    says. The previous demo model (scene accuracy 0.903, recall 0.938, CHAIR_i 0.053) fails the
-    issue's CHAIR_i floor and two of these; the same recipe without the charge for wrong numbers
-    (count errors 0.058) fails the count floor.
+    The model-quality issue's floors on test: scene accuracy >= 0.90 (0.904), CHAIR_i <= 0.05 (0.035), and
+    relation_rate >= 0.20 with relation accuracy >= 0.80 (0.515 at 0.867, 315 statements). The tighter floors are
+    this model's with a margin, as the README says. The previous demo model (`--preset shapes-base`: scene accuracy
+    0.922, BLEU-4 0.828) states no relation, so it fails the relation floors.
     """
     result, out = test_metrics
-    m = result["metrics"]
-    assert result["info"]["split"] == "test" and result["info"]["beam"] == 3
-    assert result["info"]["images"] == 1000
+    m, info = result["metrics"], result["info"]
+    assert info["split"] == "test" and info["beam"] == 3
+    assert info["images"] == 1000
     assert m["scene_accuracy"] >= 0.90 and m["CHAIR_i"] <= 0.05, m  # the issue's
-    assert m["BLEU-4"] >= 0.78, m
-    assert m["scene_accuracy"] >= 0.91, m
-    assert m["object_recall"] >= 0.94, m
-    assert m["grounding"] >= 0.65 and m["grounding"] >= 5 * m["grounding_chance"], m
+    assert m["relation_rate"] >= 0.20 and m["relation_accuracy"] >= 0.80, m  # the issue's
+    assert m["relation_rate"] >= 0.45 and m["relation_accuracy"] >= 0.84 and info["relations_checked"] >= 250, info
+    assert m["BLEU-4"] >= 0.72, m
+    assert m["object_recall"] >= 0.93, m
+    assert m["grounding"] >= 0.75 and m["grounding"] >= 5 * m["grounding_chance"], m
     assert m["count_error_rate"] <= 0.02, m
     saved = json.loads((out / "metrics_test_beam3.json").read_text())
     assert saved["metrics"]["BLEU-4"] == pytest.approx(m["BLEU-4"])
@@ -56,7 +54,7 @@ def test_demo_model_meets_the_floors(test_metrics):
 def test_demo_model_on_unseen_colour_shape_pairs(tmp_path):
     result = evaluate.main(["--split", "test_novel", "--out", str(tmp_path), "--no-progress", "--no-meteor"])
     assert result["info"]["images"] == 1000
-    assert result["metrics"]["scene_accuracy"] >= 0.70, result["metrics"]  # the issue's floor; 0.726
+    assert result["metrics"]["scene_accuracy"] >= 0.70, result["metrics"]  # the issue's floor; 0.734
 
 
 def test_demo_model_captions_a_shapes_image_sensibly(test_metrics):  # the fixture made sure the world exists
@@ -75,4 +73,4 @@ def test_demo_model_captions_a_shapes_image_sensibly(test_metrics):  # the fixtu
         assert o.alphas.shape == (len(o.words), *model.grid)
         truth = {(ob["colour"], ob["shape"]) for ob in objects[iid]}
         right += set(parse_objects(o.text)) == truth
-    assert right >= 14, [o.text for o in outs]
+    assert right >= 14, [o.text for o in outs]  # 17 of 20
