@@ -62,13 +62,13 @@ PRESETS["shapes-relations"] = {
     **PRESETS["shapes-base"], "out": "runs/shapes-relations", "att_supervision": 1.0, "recall": True,
     "recall_supervision": 1.0, "compare": True, "prefer_captions": RELATIONAL, "prefer_weight": 2.0,
     "scst_true_relation": 2.0, "scst_false_relation": 2.0, "then_scst_val_metric": "scene_accuracy"}
-# The bundled demo model (README, "Training the demo model"): the relation recipe's cross-entropy stage on the wider
+# The bundled demo model (README, "Results: the demo model"): the relation recipe's cross-entropy stage on the wider
 # world (generated into data/shapes-wide by the run itself: more background families, JPEG artefacts, noise),
 # references drawn to state relations in scenes of one or two objects and to list the objects of three-object scenes;
 # then its self-critical stage on the default world (data/shapes, whose images look like the test splits'), paying 1
 # for a true relation (in scenes of one or two objects only) and charging 1 for a false one, held to the references'
 # relation words by their cross-entropy (x2). Seed 1: the better of two seeds by val scene accuracy (0.876 / 0.874).
-# 27 minutes on a 2-core CPU, both worlds and their features included.
+# 26.5-30.5 minutes on a 2-core CPU (three runs), both worlds and their features included: at the 30-minute limit.
 PRESETS["shapes"] = {
     **PRESETS["shapes-relations"], "out": "runs/shapes",
     "shapes_dir": str(DEFAULT_SHAPES_DIR.parent / "shapes-wide"), "shapes_wide_train": [],
