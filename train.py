@@ -32,11 +32,12 @@ from captioner.training import DECODER_OPTIONS, ENCODER_OPTIONS, TRUTH_WEIGHTS, 
 from cli import DEFAULT_SHAPES_DIR, add_data_args, add_options, data_source_rank0_first, setup_logging
 
 # References that state where things are: relations, positions, "to its left" (--prefer-captions).
-RELATIONAL = r"\b(left|right|above|below|top|bottom|middle|centre|its)\b"
+_WHERE_WORDS = "left|right|above|below|top|bottom|middle|centre|its"
+RELATIONAL = rf"\b({_WHERE_WORDS})\b"
 # References that state where things are in scenes of one or two objects (fewer than three singular shape nouns),
 # and the lists of three-object scenes (no position word; "three" or three shape nouns): relations where they are
 # easy, the objects named first where they are not (README, "What was tried": the relation-where-easy recipe).
-_WHERE = r"\b(?:left|right|above|below|top|bottom|middle|centre|its)\b"
+_WHERE = rf"\b(?:{_WHERE_WORDS})\b"
 _SHAPE = r"\b(?:circle|square|triangle|star|cross|hexagon)"
 RELATIONAL_BELOW_THREE = (rf"^(?!.*{_WHERE})(?=.*\bthree\b|(?:.*{_SHAPE}s?\b){{3}})"
                           rf"|^(?!(?:.*{_SHAPE}\b){{3}}).*{_WHERE}")

@@ -91,8 +91,7 @@ class Ablations:
     def _common(self, seed: int) -> list[str]:
         a = self.a
         return ["--preset", "shapes-base", "--seed", str(seed), "--device", a.device, "--resume", "auto",
-                "--no-progress",
-                "--then-scst", "0",  # the preset's own self-critical epoch: the staged variants do theirs
+                "--no-progress", "--then-scst", "0",  # not the preset's own stage: the staged variants do theirs
                 *CIDER_D_STAGE,  # ... with CIDEr-D alone, as the table says
                 "--cache-dir", a.cache_dir, *(["--shapes-dir", a.shapes_dir] if a.shapes_dir else []),
                 *a.train_args.split()]
